@@ -1,0 +1,432 @@
+#!/usr/bin/env python3
+"""Benchmark rangefetch against aria2c, axel and curl on a local nginx.
+
+nginx on 127.0.0.1 serves one random file directly ("unthrottled") and through a
+``stream`` proxy capping each TCP connection ("capped"). Stdlib only, Linux only;
+see bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ctypes
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MB, MIB, GIB = 10**6, 1 << 20, 1 << 30
+CONNECTIONS = 16
+BASELINE = "aria2c"
+SCENARIOS = ("unthrottled", "capped")
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+SOURCE_NAME = "source.bin"
+# Proxies must never reroute a benchmark away from 127.0.0.1.
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+# Why the trampoline: execve() folds the peak RSS of the *old* address space
+# into ru_maxrss (fs/exec.c: setmax_mm_hiwater_rss), so a tool spawned straight
+# from this Python process would report at least our own peak (12-300 MiB).
+# Instead a small /bin/sh starts the tool in the background, prints its pid and
+# exits; as PR_SET_CHILD_SUBREAPER we inherit the orphan and wait4() it, which
+# yields the tool's own rusage (plus that of the children it waited for).
+TRAMPOLINE = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def parse_size(text: str) -> int:
+    """Parse ``1G``, ``256M``, ``8m``, ``512KiB`` or plain bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return int(float(m[1]) * 1024 ** " kmgt".index(m[2].lower() or " "))
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A command template; ``{url}``, ``{out}``, ``{dir}``, ``{name}`` are filled per run."""
+
+    name: str
+    argv: tuple[str, ...]
+    missing: str | None = None  # why the tool cannot run at all
+
+    def command(self, url: str, out: Path) -> list[str]:
+        subs = {"url": url, "out": str(out), "dir": str(out.parent), "name": out.name}
+        return [re.sub(r"\{(url|out|dir|name)\}", lambda m: subs[m[1]], t) for t in self.argv]
+
+
+@dataclass
+class Run:
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mib: float = 0.0
+    connections: int = 0  # distinct TCP connections nginx served during the run
+    requests: int = 0
+    exit_code: int | None = None
+    sha256_ok: bool | None = None
+    error: str | None = None
+
+
+def median(runs: list[Run], attr: str) -> float:
+    return float(statistics.median(getattr(r, attr) for r in runs))
+
+
+def first_error(runs: list[Run]) -> str | None:
+    return next((r.error for r in runs if r.error), None)
+
+
+def build_tools(args: argparse.Namespace) -> list[Tool]:
+    """Turn the command line into the ordered list of tools to run."""
+    c = str(CONNECTIONS)
+    if args.rangefetch:
+        rf_prefix, rf_missing = shlex.split(args.rangefetch), None
+    else:
+        script = Path(sys.executable).parent / "rangefetch"
+        rf_prefix = [str(script)]
+        rf_missing = None if script.exists() else f"console script not found: {script}"
+    tools = [
+        Tool("rangefetch", (*rf_prefix, "get", "{url}", "-o", "{out}", "-c", c, "-q"), rf_missing),
+        Tool("aria2c", ("aria2c", "--no-conf", "--no-netrc", f"-x{c}", f"-s{c}", "-k1M",
+                        "--file-allocation=none", "--allow-overwrite=true",
+                        "--auto-file-renaming=false", "-d", "{dir}", "-o", "{name}", "-q", "{url}")),
+        Tool("axel", ("axel", "-n", c, "-q", "-o", "{out}", "{url}")),
+        Tool("curl", ("curl", "-q", "-sS", "-o", "{out}", "{url}")),  # leading -q: no .curlrc
+    ]
+    for spec in args.extra:
+        name, _, template = spec.partition("=")
+        if not name or not template.strip():
+            raise SystemExit(f"--extra expects NAME=COMMAND_TEMPLATE, got {spec!r}")
+        tools.append(Tool(name, tuple(shlex.split(template))))
+    wanted = set(args.tools.split(",")) if args.tools else {t.name for t in tools}
+    return [t if t.missing or shutil.which(t.argv[0]) else
+            Tool(t.name, t.argv, f"not installed: {t.argv[0]}") for t in tools if t.name in wanted]
+
+
+def ensure_source(www: Path, size: int) -> str:
+    """Create (or reuse) ``www/source.bin`` of ``size`` random bytes; return its sha256."""
+    www.mkdir(parents=True, exist_ok=True)
+    src, meta = www / SOURCE_NAME, www / (SOURCE_NAME + ".sha256.json")
+    if src.exists() and meta.exists():
+        cached = json.loads(meta.read_text())
+        if cached.get("size") == size == src.stat().st_size \
+                and cached.get("mtime_ns") == src.stat().st_mtime_ns:
+            return str(cached["sha256"])
+    print(f"generating {size / MIB:g} MiB of random data in {src} ...", file=sys.stderr)
+    digest = hashlib.sha256()
+    with src.open("wb") as f:
+        for offset in range(0, size, 8 * MIB):
+            chunk = os.urandom(min(size - offset, 8 * MIB))
+            digest.update(chunk)
+            f.write(chunk)
+    meta.write_text(json.dumps({"size": size, "sha256": digest.hexdigest(),
+                                "mtime_ns": src.stat().st_mtime_ns}))
+    return digest.hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Nginx:
+    """nginx as a foreground child: one plain http server, one capped stream proxy."""
+
+    def __init__(self, workdir: Path, cap: int) -> None:
+        self.workdir, self.cap = workdir, cap
+        self.http_port, self.capped_port = free_port(), free_port()
+        self.access_log = workdir / "access.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        w = self.workdir  # paths are quoted: the work dir may contain spaces
+        tmp = " ".join(f'{k}_temp_path "{w}/tmp/{k}";'
+                       for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        return f"""load_module {STREAM_MODULE};
+{user}worker_processes 2;
+pid "{w}/nginx.pid";
+error_log "{w}/error.log" warn;
+events {{ worker_connections 1024; }}
+http {{
+    # $connection is a global serial number: distinct values = TCP connections.
+    log_format bench '$connection $status $body_bytes_sent "$http_user_agent"';
+    access_log "{self.access_log}" bench;
+    {tmp}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    server {{ listen 127.0.0.1:{self.http_port}; root "{w}/www"; }}
+}}
+stream {{
+    # Caps every client TCP connection, whatever HTTP requests it carries.
+    server {{
+        listen 127.0.0.1:{self.capped_port};
+        proxy_pass 127.0.0.1:{self.http_port};
+        proxy_download_rate {self.cap};
+    }}
+}}
+"""
+
+    def start(self, size: int) -> None:
+        """Start nginx, wait until both endpoints serve the file, else raise RuntimeError."""
+        w = self.workdir
+        (w / "tmp").mkdir(exist_ok=True)
+        (w / "nginx.conf").write_text(self.config())
+        self.access_log.unlink(missing_ok=True)  # one format, one invocation per file
+        with (w / "nginx.out").open("wb") as out:
+            self.proc = subprocess.Popen(
+                ["nginx", "-p", str(w), "-e", str(w / "error.log"), "-c", "nginx.conf",
+                 "-g", "daemon off;"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + 15
+        for port in (self.http_port, self.capped_port):
+            while not self._answers(port, size):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (w / "error.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"nginx not serving on :{port}\n{tail}")
+                time.sleep(0.1)
+
+    @staticmethod
+    def _answers(port: int, size: int) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("HEAD", f"/{SOURCE_NAME}")
+            resp = conn.getresponse()
+            return resp.status == 200 and resp.getheader("Content-Length") == str(size)
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Fast-shutdown nginx (SIGTERM); kill its process group if it lingers."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def kill_group(pgid: int, *, reap: bool) -> None:
+    """SIGKILL a tool's session; with ``reap``, also collect its zombies."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ChildProcessError):
+        while reap:
+            os.waitpid(-pgid, 0)
+
+
+def run_once(tool: Tool, url: str, out: Path, source_sha: str, timeout: float,
+             env: dict[str, str], log: Path, access_log: Path) -> Run:
+    """Run one download, measuring wall time and the tool's rusage via wait4."""
+    if tool.missing:
+        return Run(error=tool.missing)
+    out.unlink(missing_ok=True)
+    argv = tool.command(url, out)
+    log.write_text(f"$ {shlex.join(argv)}\n")
+    mark = access_log.stat().st_size
+    t0 = time.perf_counter()
+    sh = subprocess.Popen(["/bin/sh", "-c", TRAMPOLINE, "sh", str(log), *argv],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          env=env, start_new_session=True)
+    pid = int(sh.communicate(timeout=10)[0])  # the tool is now our child
+    timer = threading.Timer(timeout, kill_group, (sh.pid,), {"reap": False})
+    timer.start()
+    try:
+        _, status, ru = os.wait4(pid, 0)
+        wall = time.perf_counter() - t0
+    finally:  # stragglers, or the tool itself if we were interrupted
+        timer.cancel()
+        kill_group(sh.pid, reap=True)
+    with access_log.open("rb") as f:
+        f.seek(mark)
+        served = f.read().decode(errors="replace").splitlines()
+    code = os.waitstatus_to_exitcode(status)
+    run = Run(wall_s=wall, cpu_s=ru.ru_utime + ru.ru_stime, peak_rss_mib=ru.ru_maxrss / 1024,
+              connections=len({ln.split(" ", 1)[0] for ln in served}), requests=len(served),
+              exit_code=code)
+    if wall >= timeout:
+        run.error = f"timeout after {timeout:.0f}s"
+    elif code != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[1:] or ["(no output)"]
+        run.error = f"exit {code}: {tail[-1][:120]}"
+    elif not out.exists():
+        run.sha256_ok, run.error = False, "exit 0 but no output file"
+    else:
+        with out.open("rb") as f:
+            run.sha256_ok = hashlib.file_digest(f, "sha256").hexdigest() == source_sha
+        run.error = None if run.sha256_ok else "sha256 mismatch"
+    out.unlink(missing_ok=True)  # also drops its dirty pages before the next tool runs
+    return run
+
+
+def row_json(tool: str, runs: list[Run], size: int, cap: int, base: list[Run] | None,
+             capped: bool) -> dict[str, Any]:
+    """Summarise one tool's runs (medians) for one scenario, relative to ``base``."""
+    err = first_error(runs)
+    d: dict[str, Any] = {"tool": tool, "ok": err is None, "error": err,
+                         "runs": [asdict(r) for r in runs]}
+    if err is None:
+        wall, cpu = median(runs, "wall_s"), median(runs, "cpu_s")
+        d.update(wall_s=wall, mb_s=size / wall / MB, mib_s=size / wall / MIB, cpu_s=cpu,
+                 cpu_s_per_gib=cpu * GIB / size, peak_rss_mib=median(runs, "peak_rss_mib"),
+                 connections=median(runs, "connections"), requests=median(runs, "requests"),
+                 sha256_ok=True)
+        if capped:
+            d["pct_of_16x_cap"] = 100 * size / wall / (CONNECTIONS * cap)
+        if base and first_error(base) is None:
+            base_cpu = median(base, "cpu_s")
+            d["x_aria2c_throughput"] = median(base, "wall_s") / wall
+            d["x_aria2c_cpu"] = cpu / base_cpu if base_cpu else None
+    return d
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown(name: str, url: str, rows: list[dict[str, Any]], size: int, cap: int | None,
+             repeat: int) -> str:
+    """One scenario as a Markdown table; ``cap`` is set for the capped scenario."""
+    head = ["tool", "MB/s", "x aria2c", "CPU-s/GiB", "x aria2c", "peak RSS MiB",
+            "conns/reqs", "sha256 ok"]
+    note = f"`{url}`, median of {repeat} run(s)"
+    if cap:
+        head.insert(2, f"% of {CONNECTIONS} x cap")
+        note += (f"; cap {cap / MIB:g} MiB/s per connection, so {CONNECTIONS} x cap ="
+                 f" {CONNECTIONS * cap / MB:.1f} MB/s. nginx grants every new connection a"
+                 f" 1-2 s burst, so short transfers ({size / CONNECTIONS / cap:.0f} s of cap per"
+                 " connection here) and reconnects can beat 100%.")
+    lines = [f"### {name}", "", note, "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        if not r["ok"]:
+            error = f"FAILED: {r['error']}".replace("|", "/")
+            lines.append("| " + " | ".join([r["tool"], *["—"] * (len(head) - 2), error]) + " |")
+            continue
+        cells = [r["tool"], fmt(r["mb_s"], ".1f"), fmt(r.get("x_aria2c_throughput"), ".2f"),
+                 fmt(r["cpu_s_per_gib"], ".2f"), fmt(r.get("x_aria2c_cpu"), ".2f"),
+                 fmt(r["peak_rss_mib"], ".1f"), f"{r['connections']:g}/{r['requests']:g}", "yes"]
+        if cap:
+            cells.insert(2, fmt(r["pct_of_16x_cap"], ".0f") + "%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
+        lines = (p.stdout or p.stderr).strip().splitlines()
+        return lines[0] if lines else f"{argv[0]}: no output"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{argv[0]}: unavailable ({exc.__class__.__name__})"
+
+
+def machine_facts(tools: list[Tool]) -> dict[str, str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")),
+               platform.machine())
+    facts = {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
+             "python": platform.python_version(), "nginx": first_line(["nginx", "-v"])}
+    facts.update({t.name: first_line([t.argv[0], "--version"]) for t in tools if not t.missing})
+    return facts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=parse_size, default=GIB, help="file size, e.g. 1G, 256M")
+    ap.add_argument("--cap", type=parse_size, default=8 * MIB,
+                    help="per-connection cap of the capped scenario (8m = 8 MiB/s, as in nginx)")
+    ap.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "out")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list")
+    ap.add_argument("--tools", default="", help="comma list of tools to run (default: all)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the median is kept")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per run (default: 60 + 1.5 x one connection's capped time)")
+    ap.add_argument("--rangefetch", default="", help="command prefix to run rangefetch")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=TEMPLATE",
+                    help="extra tool row; {url} and {out} are substituted (repeatable)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if any row failed")
+    args = ap.parse_args()
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if bad := set(scenarios) - set(SCENARIOS):
+        ap.error(f"unknown scenario(s): {', '.join(sorted(bad))}")
+    if args.repeat < 1 or args.size < 1 or args.cap < 1:
+        ap.error("--repeat, --size and --cap must be positive")
+    timeout = args.timeout or 60 + 1.5 * args.size / args.cap
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # unwind through finally -> nginx.stop()
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    workdir: Path = args.workdir.resolve()
+    dl, logs, home = workdir / "dl", workdir / "logs", workdir / "home"
+    for d in (dl, logs, home):
+        d.mkdir(parents=True, exist_ok=True)
+    # A private HOME keeps ~/.curlrc, ~/.axelrc, ~/.netrc and aria2's files out.
+    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+
+    tools = build_tools(args)
+    source_sha = ensure_source(workdir / "www", args.size)
+    facts = machine_facts(tools)
+    nginx = Nginx(workdir, args.cap)
+    results: dict[str, Any] = {"machine": facts, "size": args.size, "cap": args.cap,
+                               "repeat": args.repeat, "timeout_s": timeout,
+                               "source_sha256": source_sha, "scenarios": {}}
+    md = ["# rangefetch bench", "", "machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()),
+          "", f"file: {args.size / MIB:g} MiB; MB = 10^6 bytes; nginx's CPU is not counted", ""]
+    corrupt = failed = False
+    try:
+        nginx.start(args.size)
+        for scen in scenarios:
+            port = nginx.http_port if scen == "unthrottled" else nginx.capped_port
+            url = f"http://127.0.0.1:{port}/{SOURCE_NAME}"
+            runs: dict[str, list[Run]] = {t.name: [] for t in tools}
+            for i in range(args.repeat):  # interleave tools so drift hits all of them alike
+                for t in tools:
+                    run = run_once(t, url, dl / f"{t.name}.bin", source_sha, timeout, env,
+                                   logs / f"{scen}-{t.name}-{i}.log", nginx.access_log)
+                    runs[t.name].append(run)
+                    print(f"[{scen}] {t.name} #{i + 1}: " + (run.error or
+                          f"{args.size / run.wall_s / MB:.1f} MB/s, {run.cpu_s:.2f} CPU-s"),
+                          file=sys.stderr)
+                    corrupt |= run.exit_code == 0 and run.sha256_ok is False
+                    failed |= run.error is not None
+            cap = args.cap if scen == "capped" else None
+            table = [row_json(name, rs, args.size, args.cap, runs.get(BASELINE), cap is not None)
+                     for name, rs in runs.items()]
+            results["scenarios"][scen] = {"url": url, "rows": table}
+            md.append(markdown(scen, url, table, args.size, cap, args.repeat))
+    finally:
+        nginx.stop()
+    text = "\n".join(md)
+    print(text)
+    (workdir / "results.md").write_text(text)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 1 if corrupt or (args.strict and failed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The ``rangefetch`` command: parse arguments, build settings, call the library.
+
+Commands from the producer and worker packages plug in through the
+``rangefetch.commands`` entry point group, so the core never imports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import pydantic
+
+from .client import parse_header
+from .display import show_progress
+from .download import download
+from .errors import RangefetchError, UsageError
+from .progress import Tracker
+from .settings import Settings
+from .verify import Checksum
+
+__all__ = ["build_settings", "main", "run"]
+
+T = TypeVar("T")
+EXIT_INTERRUPTED = 130
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """``Settings`` from the environment, overridden by the flags that were given.
+
+    Raises:
+        UsageError: a value is invalid (one line naming it).
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise UsageError(f"invalid {where}: {first['msg']}") from exc
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine, turning our errors into a one-line message and an exit code."""
+    try:
+        return asyncio.run(coro_fn())
+    except RangefetchError as exc:
+        click.echo(f"rangefetch: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("rangefetch: interrupted; run the same command again to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="rangefetch: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL
+
+
+class _Group(click.Group):
+    """Adds the commands other packages register, and one-line usage errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(ep.name for ep in entry_points(group="rangefetch.commands"))})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None:
+            for ep in entry_points(group="rangefetch.commands", name=name):
+                loaded = ep.load()
+                return loaded if isinstance(loaded, click.Command) else None
+        return command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rangefetch")
+def cli() -> None:
+    """Fetch one large file over HTTP(S) with many concurrent range requests."""
+
+
+@cli.command()
+@click.argument("url")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to this file.")
+@click.option(
+    "-d", "--dir", "directory", type=click.Path(path_type=Path), help="Save in this directory, named by the server."
+)
+@click.option("-c", "--connections", type=int, help="Concurrent connections (default 16).")
+@click.option("--chunk-size", help="Bytes per range, e.g. 8M (default: chosen from the file size).")
+@click.option("--checksum", help="Verify the result: ALGO=HEX with md5, sha1, sha256 or sha512.")
+@click.option("-H", "--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def get(
+    url: str,
+    output: Path | None,
+    directory: Path | None,
+    connections: int | None,
+    chunk_size: str | None,
+    checksum: str | None,
+    headers: tuple[str, ...],
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Download URL, verify it, and print its sha256."""
+    _setup_logging(verbose, quiet)
+
+    async def main() -> None:
+        if output is not None and directory is not None:
+            raise UsageError("use either -o PATH or -d DIR, not both")
+        settings = build_settings(connections=connections, chunk_size=chunk_size)
+        expected = Checksum.parse(checksum) if checksum else None
+        extra = dict(parse_header(h) for h in headers)
+        tracker = Tracker()
+        async with show_progress(tracker, "rangefetch", quiet=quiet):
+            result = await download(
+                url,
+                output,
+                directory=directory if directory is not None else Path.cwd(),
+                settings=settings,
+                headers=extra,
+                checksum=expected,
+                tracker=tracker,
+            )
+        click.echo(f"{result.sha256}  {result.path}")
+
+    run(main)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="rangefetch")

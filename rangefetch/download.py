@@ -1,0 +1,232 @@
+"""Embedded mode: one process fetches every range of one file.
+
+``download()`` probes, plans, runs ``connections`` fetchers in one task group
+(each pulls the next range off a shared queue, so fast connections take more
+ranges), checkpoints a resume record every few seconds, then verifies and
+renames.  The same ``fetch_range`` runs in the distributed workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .client import check_url, make_client
+from .errors import DownloadError, VerificationError, collapse
+from .fetch import fetch_range, fetch_stream
+from .names import filename_from_disposition, filename_from_url, resolve_output
+from .plan import Range, choose_chunk_size, plan_ranges
+from .probe import RemoteFile, probe
+from .progress import Tracker
+from .record import ResumeRecord
+from .retry import Backoff
+from .settings import Settings
+from .sink import FileWriter, PartFile
+from .verify import Checksum, hash_fd, verify_size
+
+__all__ = ["DownloadResult", "download", "download_sync", "output_candidates"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadResult:
+    """A finished, verified download."""
+
+    path: Path
+    size: int
+    sha256: str
+    resumed: int
+    elapsed: float
+    remote: RemoteFile
+
+
+def output_candidates(remote: RemoteFile) -> tuple[str | None, ...]:
+    """File names the server suggests, best first: Content-Disposition, then the URL paths."""
+    return (
+        filename_from_disposition(remote.content_disposition),
+        filename_from_url(remote.final_url),
+        filename_from_url(remote.url),
+    )
+
+
+async def download(
+    url: str,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+    headers: Mapping[str, str] | None = None,
+    checksum: Checksum | None = None,
+    tracker: Tracker | None = None,
+    client: httpx.AsyncClient | None = None,
+    confine: bool = False,
+) -> DownloadResult:
+    """Download ``url`` to ``output`` (or a name the server suggests, in ``directory``).
+
+    Args:
+        url: an http:// or https:// URL.
+        output: the file to write; relative paths are taken from ``directory``.
+        directory: where the file goes (default: ``settings.download_dir``).
+        settings: connections, chunk size, timeouts, retry policy.
+        headers: extra request headers (their values are never logged).
+        checksum: an expected digest to verify the result against.
+        tracker: counts progress for a display.
+        client: an httpx client to use instead of one built from ``settings``.
+        confine: refuse an ``output`` outside ``directory`` (names from the
+            server are always confined).
+
+    Raises:
+        UsageError: bad URL or output path.
+        DownloadError: the download failed; nothing is left at the final path.
+    """
+    settings = settings or Settings()
+    check_url(url)
+    own_client = client is None
+    http = client or make_client(settings)
+    try:
+        remote = await probe(http, url, headers=headers, backoff=Backoff(settings.retry))
+        base = Path(directory) if directory is not None else settings.download_dir
+        dest = resolve_output(base, output, candidates=output_candidates(remote), confine=confine or output is None)
+        transfer = _Transfer(http, remote, dest, settings, dict(headers or {}), tracker or Tracker())
+        return await transfer.run(checksum)
+    finally:
+        if own_client:
+            await http.aclose()
+
+
+def download_sync(url: str, output: str | os.PathLike[str] | None = None, **kwargs: object) -> DownloadResult:
+    """``download()`` for code that is not async: ``download_sync(url, "file.bin")``."""
+    return asyncio.run(download(url, output, **kwargs))  # type: ignore[arg-type]
+
+
+class _Transfer:
+    """One download's moving parts: the part file, its writer, the ranges left."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        remote: RemoteFile,
+        dest: Path,
+        settings: Settings,
+        headers: dict[str, str],
+        tracker: Tracker,
+    ) -> None:
+        self.client = client
+        self.remote = remote
+        self.part = PartFile(dest)
+        self.settings = settings
+        self.headers = headers
+        self.tracker = tracker
+
+    async def run(self, checksum: Checksum | None) -> DownloadResult:
+        began = time.monotonic()
+        remote = self.remote
+        ranged = remote.ranges and remote.size is not None and remote.size > 0
+        record, keep = self._resume_record() if ranged else (None, False)
+        fd = self.part.open(remote.size, keep=keep)
+        try:
+            async with FileWriter(fd) as writer:
+                if record is not None:
+                    size = remote.size or 0
+                    todo = plan_ranges(size, record.chunk_size, skip=record.ranges())
+                    self.tracker.start(size, size - sum(r.length for r in todo))
+                    await self._fetch_ranges(todo, writer, record)
+                elif remote.size != 0:
+                    self.tracker.start(remote.size)
+                    size = await fetch_stream(
+                        self.client,
+                        remote,
+                        writer,
+                        headers=self.headers,
+                        backoff=Backoff(self.settings.retry),
+                        on_progress=self.tracker.advance,
+                    )
+                    await writer.flush()
+                    await asyncio.to_thread(os.ftruncate, fd, size)
+                else:
+                    self.tracker.start(0)
+                    size = 0
+            wanted = {"sha256"} | ({checksum.algorithm} if checksum else set())
+            try:
+                verify_size(fd, remote.size if remote.size is not None else size, url=remote.url)
+                digests = await hash_fd(fd, wanted)
+                if checksum is not None:
+                    checksum.check(digests, url=remote.url)
+            except VerificationError:
+                self.part.discard()
+                raise
+            self.part.commit()
+        finally:
+            os.close(fd)
+        return DownloadResult(
+            self.part.final, size, digests["sha256"], self.tracker.resumed, time.monotonic() - began, remote
+        )
+
+    def _resume_record(self) -> tuple[ResumeRecord, bool]:
+        """The record to continue from, and whether the ``.part`` file is kept."""
+        remote, settings = self.remote, self.settings
+        assert remote.size is not None
+        old = ResumeRecord.load(self.part.record)
+        if old is not None and self.part.part.exists():
+            why = old.mismatch(remote)
+            if why is None:
+                log.info("resuming %s: %d ranges already done", self.part.part, len(old.done))
+                return old, True
+            log.warning("not resuming %s: %s; starting over", self.part.part, why)
+        chunk = settings.chunk_size or choose_chunk_size(remote.size, settings.connections)
+        return ResumeRecord.for_remote(remote, chunk), False
+
+    async def _fetch_ranges(self, todo: list[Range], writer: FileWriter, record: ResumeRecord) -> None:
+        queue = deque(todo)
+        finished: list[Range] = []
+        settings = self.settings
+
+        async def checkpoint() -> None:
+            batch = finished[:]
+            await writer.flush()
+            del finished[: len(batch)]
+            record.done.extend(str(r) for r in batch)
+            await asyncio.to_thread(record.save, self.part.record)
+
+        async def fetcher() -> None:
+            while queue:
+                rng = queue.popleft()
+                await fetch_range(
+                    self.client,
+                    self.remote,
+                    rng,
+                    writer,
+                    headers=self.headers,
+                    backoff=Backoff(settings.retry),
+                    on_progress=self.tracker.advance,
+                )
+                finished.append(rng)
+
+        async def checkpoints() -> None:
+            while True:
+                await asyncio.sleep(settings.checkpoint_interval)
+                await checkpoint()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                ticker = tg.create_task(checkpoints())
+                async with asyncio.TaskGroup() as fetchers:
+                    for _ in range(min(settings.connections, len(todo))):
+                        fetchers.create_task(fetcher())
+                ticker.cancel()
+        except BaseExceptionGroup as group:
+            raise collapse(group) from group
+        finally:
+            # Keep what is on disk for a rerun, whatever happened above.
+            with contextlib.suppress(DownloadError, OSError):
+                await checkpoint()

@@ -1,0 +1,187 @@
+"""The one exception tree of rangefetch.
+
+Every error a user can see is a ``RangefetchError`` with a one-line message.
+Errors from httpx, redis and the operating system are translated at the
+boundary (``raise ... from exc``) so callers only ever catch ours::
+
+    RangefetchError                 url, range attributes; str() is one line
+    ├── UsageError                  bad input: URL, scheme, flag, path (exit 2)
+    │   └── UnsafePathError         an output path outside the download directory
+    ├── DownloadError               the download failed (exit 1)
+    │   ├── TransientError          worth retrying: drops, stalls, 5xx, 429
+    │   │   ├── ConnectionLostError the connection broke or could not be made
+    │   │   ├── StallError          no bytes arrived for the stall timeout
+    │   │   └── ServerBusyError     5xx or 429, maybe with Retry-After
+    │   ├── PermanentError          retrying cannot help
+    │   │   ├── HTTPStatusError     404, 410, 401, 403 and other final statuses
+    │   │   ├── ProtocolError       a response that breaks the Range rules
+    │   │   ├── RemoteChangedError  the remote file changed under us
+    │   │   └── UnknownSizeError    the server does not say how large the file is
+    │   ├── RetriesExhaustedError   a transient error that kept coming back
+    │   ├── VerificationError       size or checksum of the result is wrong
+    │   └── CancelledDownloadError  the download was cancelled
+    ├── StateError                  an illegal state transition
+    └── QueueError                  Redis could not be reached or answered badly
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .plan import Range
+
+__all__ = [
+    "CancelledDownloadError",
+    "ConnectionLostError",
+    "DownloadError",
+    "HTTPStatusError",
+    "PermanentError",
+    "ProtocolError",
+    "QueueError",
+    "RangefetchError",
+    "RemoteChangedError",
+    "RetriesExhaustedError",
+    "ServerBusyError",
+    "StallError",
+    "StateError",
+    "TransientError",
+    "UnknownSizeError",
+    "UnsafePathError",
+    "UsageError",
+    "VerificationError",
+    "collapse",
+]
+
+
+class RangefetchError(Exception):
+    """Base of every error rangefetch raises."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, url: str | None = None, range: Range | None = None) -> None:
+        # One line, always: the CLI prints str(exc) as the whole error report.
+        message = " ".join(str(message).split())
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.range = range
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(RangefetchError):
+    """The request itself is wrong: a bad URL, scheme, flag or path."""
+
+    exit_code = 2
+
+
+class UnsafePathError(UsageError):
+    """An output path that would land outside the download directory."""
+
+
+class DownloadError(RangefetchError):
+    """The download failed."""
+
+
+class TransientError(DownloadError):
+    """A failure that may go away if the request is tried again."""
+
+    retry_after: float | None = None
+
+
+class ConnectionLostError(TransientError):
+    """The connection broke, or could not be opened."""
+
+
+class StallError(TransientError):
+    """No bytes arrived for longer than the stall timeout."""
+
+
+class ServerBusyError(TransientError):
+    """The server answered 5xx or 429; ``retry_after`` holds its Retry-After in seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        retry_after: float | None = None,
+        url: str | None = None,
+        range: Range | None = None,
+    ) -> None:
+        super().__init__(message, url=url, range=range)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PermanentError(DownloadError):
+    """A failure that retrying cannot fix."""
+
+
+class HTTPStatusError(PermanentError):
+    """The server answered with a final error status such as 404 or 403."""
+
+    def __init__(self, message: str, *, status: int, url: str | None = None, range: Range | None = None) -> None:
+        super().__init__(message, url=url, range=range)
+        self.status = status
+
+
+class ProtocolError(PermanentError):
+    """A response broke the Range rules: wrong Content-Range, short or long body."""
+
+
+class RemoteChangedError(PermanentError):
+    """The remote file changed (ETag, Last-Modified or size) during or since the download."""
+
+
+class UnknownSizeError(PermanentError):
+    """The server does not say how large the file is."""
+
+
+class RetriesExhaustedError(DownloadError):
+    """A transient failure kept coming back until the retry budget ran out."""
+
+
+class VerificationError(DownloadError):
+    """The finished file has the wrong size or checksum."""
+
+
+class CancelledDownloadError(DownloadError):
+    """The download was cancelled."""
+
+
+class StateError(RangefetchError):
+    """An illegal state transition was requested."""
+
+
+class QueueError(RangefetchError):
+    """Redis could not be reached, or answered in a way we cannot use."""
+
+
+def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error to raise for a task group's failures.
+
+    When every failure is ours, the most telling one is returned (permanent
+    before transient), its message noting how many others failed; raise it
+    ``from group`` so nothing is lost.  Anything else (a bug) returns the
+    group itself, to be raised with full tracebacks.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    ours = [e for e in leaves if isinstance(e, RangefetchError)]
+    if not ours or len(ours) != len(leaves):
+        return group
+    primary = next((e for e in ours if isinstance(e, PermanentError | VerificationError)), ours[0])
+    if len(ours) > 1:
+        primary.message = f"{primary.message} (and {len(ours) - 1} more failures)"
+    return primary

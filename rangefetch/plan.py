@@ -1,0 +1,134 @@
+"""Range planning: pure arithmetic, no I/O.
+
+A file of ``size`` bytes is cut into ``Range`` objects whose inclusive ends
+follow HTTP (RFC 9110 §14.1.2: ``bytes=0-99`` is the first 100 bytes).  The
+ranges cover ``[0, size)`` exactly, in order, without overlap.
+
+Why the chunk size is chosen the way it is
+------------------------------------------
+* Small files should not be cut into many tiny ranges: every range costs a
+  request, so ranges are never smaller than ``MIN_CHUNK`` (1 MiB) unless the
+  file itself is smaller.
+* Each connection should get several ranges, so a slow connection near the
+  end is not left holding a large share of the file (the "tail" problem):
+  aim at ``TARGET_RANGES_PER_CONNECTION`` ranges per connection.
+* Huge files must not produce millions of ranges (resume records and Redis
+  jobs grow with the count), so ranges grow until the count is at most
+  ``MAX_RANGES``, and they are capped at ``MAX_CHUNK`` (64 MiB) where that
+  cap does not break ``MAX_RANGES``.
+* Chunk sizes are rounded to whole MiB above 1 MiB, which keeps requests
+  aligned to page and filesystem blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+__all__ = ["MAX_CHUNK", "MAX_RANGES", "MIN_CHUNK", "Range", "choose_chunk_size", "parse_size", "plan_ranges"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+MIN_CHUNK = 1 * MiB
+MAX_CHUNK = 64 * MiB
+MAX_RANGES = 10_000
+TARGET_RANGES_PER_CONNECTION = 4
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Range:
+    """Bytes ``start`` to ``end`` of a file, both inclusive, as in an HTTP Range header."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.end < self.start:
+            raise ValueError(f"invalid range {self.start}-{self.end}")
+
+    @property
+    def length(self) -> int:
+        """How many bytes the range holds."""
+        return self.end - self.start + 1
+
+    def header(self, offset: int = 0) -> str:
+        """The ``Range`` header value for this range, skipping its first ``offset`` bytes."""
+        return f"bytes={self.start + offset}-{self.end}"
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        """Parse ``"START-END"`` as written by ``str(range)``.
+
+        Raises:
+            ValueError: the text is not two ordered non-negative integers.
+        """
+        start, sep, end = text.partition("-")
+        if not sep or not start.isdigit() or not end.isdigit():
+            raise ValueError(f"not a range: {text!r}")
+        return cls(int(start), int(end))
+
+
+def choose_chunk_size(size: int, connections: int) -> int:
+    """Pick a range length for a file of ``size`` bytes fetched over ``connections``.
+
+    Raises:
+        ValueError: ``size`` is negative or ``connections`` is below 1.
+    """
+    if size < 0 or connections < 1:
+        raise ValueError("size must be >= 0 and connections >= 1")
+    if size <= MIN_CHUNK:
+        return max(size, 1)
+    chunk = -(-size // (connections * TARGET_RANGES_PER_CONNECTION))
+    chunk = max(MIN_CHUNK, min(chunk, MAX_CHUNK))
+    chunk = max(chunk, -(-size // MAX_RANGES))
+    return -(-chunk // MiB) * MiB
+
+
+def plan_ranges(size: int, chunk_size: int, *, skip: Iterable[Range] = ()) -> list[Range]:
+    """Cut ``[0, size)`` into consecutive ranges of ``chunk_size`` bytes (the last may be shorter).
+
+    Ranges listed in ``skip`` (already done) are left out.  A size of 0 gives
+    no ranges: an empty file needs no request.
+
+    Raises:
+        ValueError: ``size`` is negative or ``chunk_size`` is below 1.
+    """
+    if size < 0 or chunk_size < 1:
+        raise ValueError("size must be >= 0 and chunk_size >= 1")
+    done = set(skip)
+    return [r for r in _cut(size, chunk_size) if r not in done]
+
+
+def _cut(size: int, chunk_size: int) -> Iterator[Range]:
+    for start in range(0, size, chunk_size):
+        yield Range(start, min(start + chunk_size, size) - 1)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte count such as ``"4M"``, ``"512KiB"`` or ``"1048576"`` (binary units).
+
+    Raises:
+        UsageError: the text is not a positive size.
+    """
+    if isinstance(text, int):
+        value = text
+    else:
+        match = _SIZE_RE.match(text)
+        if not match:
+            raise UsageError(f"invalid size {text!r}: use a number with an optional K, M, G or T suffix")
+        value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value < 1:
+        raise UsageError(f"invalid size {text!r}: must be at least 1 byte")
+    return value

@@ -1,0 +1,57 @@
+"""Progress counting, kept apart from progress display.
+
+The hot path only adds to an integer; whoever shows progress (the CLI's
+rich bar, plain log lines, Redis in distributed mode) reads the tracker on
+its own schedule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["Tracker"]
+
+
+class Tracker:
+    """Bytes done of a download, with a speed estimate over a sliding window."""
+
+    def __init__(self, *, clock: Callable[[], float] | None = None, window: float = 5.0) -> None:
+        self._clock = clock or time.monotonic
+        self.total: int | None = None
+        self.done = 0
+        self.resumed = 0
+        self.started = self._clock()
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def start(self, total: int | None, done: int = 0) -> None:
+        """Begin counting toward ``total`` bytes with ``done`` already on disk."""
+        self.total = total
+        self.done = self.resumed = done
+        self.started = self._clock()
+        self._samples.clear()
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more bytes (negative when a restart throws bytes away)."""
+        self.done += n
+
+    def speed(self) -> float:
+        """Bytes per second over the last few seconds."""
+        now = self._clock()
+        samples = self._samples
+        samples.append((now, self.done))
+        while len(samples) > 2 and now - samples[0][0] > self._window:
+            samples.popleft()
+        first_time, first_done = samples[0]
+        elapsed = now - first_time
+        if elapsed <= 0:
+            return 0.0
+        return max(0.0, (self.done - first_done) / elapsed)
+
+    def eta(self, speed: float) -> float | None:
+        """Seconds left at ``speed``, or ``None`` when unknown."""
+        if self.total is None or speed <= 0:
+            return None
+        return max(0.0, (self.total - self.done) / speed)

@@ -1,0 +1,99 @@
+"""Settings: one pydantic-settings class, built once at each entry point.
+
+Values come, highest priority first, from keyword arguments (the CLI's
+flags), ``RANGEFETCH_*`` environment variables, and a ``.env`` file.  Nested
+groups use ``__``: ``RANGEFETCH_TIMEOUTS__STALL=60``.  Nothing below an entry
+point reads the environment; the ``Settings`` object is passed down instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .plan import parse_size
+
+__all__ = ["DEFAULT_RETRY", "DEFAULT_TIMEOUTS", "RetryPolicy", "Settings", "Timeouts"]
+
+
+def _size_or_none(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    return parse_size(value)
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Timeouts(BaseModel):
+    """How long to wait, in seconds.
+
+    ``stall`` is the longest a transfer may go without receiving one byte
+    before the connection is dropped and the range resumed elsewhere.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    connect: float = Field(15.0, gt=0)
+    stall: float = Field(30.0, gt=0)
+    write: float = Field(30.0, gt=0)
+
+
+class RetryPolicy(BaseModel):
+    """When and how often to retry a transient failure.
+
+    The delay before try ``n`` (from 1) is ``min(backoff_max, backoff * 2**(n-1))``
+    scaled by a random factor in ``[1 - jitter, 1]``, unless the server sent
+    ``Retry-After``, which wins (capped at ``retry_after_max``).  A try that
+    made progress resets the count, so a range on a flaky link keeps going as
+    long as bytes keep arriving.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tries: int = Field(8, ge=1)
+    backoff: float = Field(0.5, ge=0)
+    backoff_max: float = Field(30.0, ge=0)
+    jitter: float = Field(0.5, ge=0, le=1)
+    retry_after_max: float = Field(300.0, ge=0)
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+DEFAULT_RETRY = RetryPolicy()
+
+
+class Settings(BaseSettings):
+    """Everything rangefetch can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RANGEFETCH_",
+        env_file=".env",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    connections: int = Field(16, ge=1, le=256, description="concurrent connections per download")
+    chunk_size: Annotated[int | None, BeforeValidator(_size_or_none)] = Field(
+        None, description="bytes per range; chosen from the file size when unset"
+    )
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    retry: RetryPolicy = DEFAULT_RETRY
+    read_size: Size = Field(1024 * 1024, description="largest socket read on the fast path")
+    checkpoint_interval: float = Field(2.0, gt=0, description="seconds between resume-record saves")
+    user_agent: str = "rangefetch/0.1"
+    download_dir: Path = Field(Path("."), description="where downloads land; outputs never leave it")
+    redis_url: str | None = Field(None, description="Redis for distributed mode; unset means embedded")
+    queue_name: str = "rangefetch:queue"
+    per_host_connections: int = Field(16, ge=1, description="cluster-wide connection cap per host")
+    worker_concurrency: int = Field(8, ge=1, description="range jobs one worker process runs at once")
+    cluster_size: int = Field(8, ge=1, description="worker processes expected; sizes the queue read limit")
+    max_verify_retries: int = Field(3, ge=0, description="times a range that fails verification is redone")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
