@@ -429,4 +429,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # nginx and the running tool were stopped on the way out
+        sys.exit(130)

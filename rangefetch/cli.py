@@ -96,6 +96,7 @@ def cli() -> None:
 @click.option("-H", "--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--redis", "redis_url", help="Run distributed through this Redis (default: RANGEFETCH_REDIS_URL).")
 def get(
     url: str,
     output: Path | None,
@@ -106,16 +107,30 @@ def get(
     headers: tuple[str, ...],
     quiet: bool,
     verbose: int,
+    redis_url: str | None,
 ) -> None:
-    """Download URL, verify it, and print its sha256."""
+    """Download URL, verify it, and print its sha256.
+
+    Embedded (one process) unless Redis is configured: then the ranges are
+    enqueued for the workers and this command follows them like `wait`.
+    """
     _setup_logging(verbose, quiet)
 
     async def main() -> None:
         if output is not None and directory is not None:
             raise UsageError("use either -o PATH or -d DIR, not both")
-        settings = build_settings(connections=connections, chunk_size=chunk_size)
+        settings = build_settings(connections=connections, chunk_size=chunk_size, redis_url=redis_url)
         expected = Checksum.parse(checksum) if checksum else None
         extra = dict(parse_header(h) for h in headers)
+        if settings.redis_url:
+            distributed = _plugin("distributed-get")
+            code = await distributed(
+                url, output=output, directory=directory, settings=settings,
+                headers=extra, checksum=expected, quiet=quiet,
+            )  # fmt: skip
+            if code:
+                sys.exit(code)
+            return
         tracker = Tracker()
         async with show_progress(tracker, "rangefetch", quiet=quiet):
             result = await download(
@@ -130,6 +145,17 @@ def get(
         click.echo(f"{result.sha256}  {result.path}")
 
     run(main)
+
+
+def _plugin(name: str) -> Any:
+    """The callable another package registers under ``rangefetch.modes``.
+
+    Raises:
+        UsageError: no package provides it (the distributed mode is not installed).
+    """
+    for ep in entry_points(group="rangefetch.modes", name=name):
+        return ep.load()
+    raise UsageError(f"{name} is not available: install rangefetch with its producer package")
 
 
 def main() -> None:

@@ -25,3 +25,27 @@ def server(range_server: RangeServer) -> RangeServer:
 
 
 # --- end of range server fixtures --------------------------------------------
+
+
+# --- redis fixtures (tests/redisserver.py) -----------------------------------
+
+from redisserver import RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session."""
+    with RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the session Redis, emptied first (and started again if a test stopped it)."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url
+
+
+# --- end of redis fixtures ----------------------------------------------------

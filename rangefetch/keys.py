@@ -1,0 +1,68 @@
+"""Every Redis key rangefetch uses, defined in one place.
+
+arq keeps its own keys (``arq:job:*``, ``arq:in-progress:*``,
+``arq:retry:*``, ``arq:result:*`` and the queue sorted set); ours all start
+with ``rangefetch:``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DOWNLOADS",
+    "PREFIX",
+    "WORKERS",
+    "download_key",
+    "finalize_job_id",
+    "range_job_id",
+    "sem_download",
+    "sem_host",
+    "worker_key",
+]
+
+PREFIX = "rangefetch:"
+DEFAULT_QUEUE = PREFIX + "queue"
+DOWNLOADS = PREFIX + "downloads"  # zset: download id -> creation time
+WORKERS = PREFIX + "workers"  # zset: worker id -> last heartbeat (unix seconds)
+
+# Per download, ``download_key(id, part)``:
+#   ""          hash: the download's fields (url, size, state, ...)
+#   "headers"   hash: request headers (secrets: never shown)
+#   "done"      set: ranges finished and fsynced ("start-end")
+#   "progress"  hash: range -> bytes fsynced so far
+#   "digest"    hash: range -> sha256 of the range as written
+#   "inflight"  hash: range -> worker id running it now
+#   "failed"    hash: range -> last error
+#   "redo"      hash: range -> times re-fetched after failing verification
+#   "workers"   set: worker ids that worked on it
+#   "finalize"  string: guard so the finalizer runs once
+DOWNLOAD_PARTS = ("", "headers", "done", "progress", "digest", "inflight", "failed", "redo", "workers", "finalize")
+
+
+def download_key(download_id: str, part: str = "") -> str:
+    """The key of one piece of a download's state."""
+    return f"{PREFIX}dl:{download_id}" + (f":{part}" if part else "")
+
+
+def worker_key(worker_id: str) -> str:
+    """A hash describing one live worker (host, pid, jobs, heartbeat)."""
+    return f"{PREFIX}worker:{worker_id}"
+
+
+def sem_host(host: str) -> str:
+    """The cluster-wide connection semaphore of one server host."""
+    return f"{PREFIX}sem:host:{host}"
+
+
+def sem_download(download_id: str) -> str:
+    """The connection semaphore of one download (its ``--connections``)."""
+    return f"{PREFIX}sem:dl:{download_id}"
+
+
+def range_job_id(download_id: str, start: int, end: int) -> str:
+    """The arq job id of a range job: deterministic, so enqueuing twice is a no-op."""
+    return f"{download_id}:{start}-{end}"
+
+
+def finalize_job_id(download_id: str) -> str:
+    """The arq job id of a download's finalizer."""
+    return f"{download_id}:finalize"

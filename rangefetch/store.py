@@ -1,0 +1,438 @@
+"""Distributed state in Redis: downloads, range progress, connection slots, workers.
+
+The producer, the workers and the monitoring commands all go through this
+one class, so the layout of the keys (``keys.py``) has one reader and writer.
+Multi-key updates that must be atomic run as Lua scripts.  Request headers
+live in their own hash and are only read by workers: ``status`` never sees
+them, and URLs are shown redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import keys
+from .errors import QueueError, StateError
+from .plan import Range
+from .redact import redact_url
+from .state import DownloadState
+
+__all__ = ["DownloadSpec", "Store", "WorkerInfo"]
+
+HEARTBEAT_TTL = 30  # seconds a worker counts as alive after its last heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadSpec:
+    """What the producer records about a download: everything a worker needs."""
+
+    id: str
+    url: str
+    final_url: str
+    size: int
+    path: str
+    chunk_size: int
+    ranges: int
+    connections: int
+    etag: str | None = None
+    last_modified: str | None = None
+    checksum: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, str]:
+        """The hash fields to store (headers go elsewhere)."""
+        data = asdict(self)
+        data.pop("headers")
+        return {k: str(v) for k, v in data.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker as its heartbeat describes it."""
+
+    id: str
+    host: str
+    pid: int
+    jobs: int
+    heartbeat: float
+
+
+_SET_STATE = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1, ''} end
+for i = 3, #ARGV do
+  if ARGV[i] == current then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
+    return {1, current}
+  end
+end
+return {0, current}
+"""
+
+_MARK_DONE = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+return redis.call('SCARD', KEYS[1])
+"""
+
+# Counting semaphores as sorted sets of lease tokens scored by expiry, so a
+# lease held by a worker that died frees itself.  All keys are acquired or none.
+_ACQUIRE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local token, ttl = ARGV[1], tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', t)
+  if not redis.call('ZSCORE', key, token) and redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then
+    return 0
+  end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, t + ttl, token)
+  redis.call('EXPIRE', key, math.ceil(ttl) + 60)
+end
+return 1
+"""
+
+_RENEW = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', t + tonumber(ARGV[2]), ARGV[1])
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[2])) + 60)
+end
+return 1
+"""
+
+
+class Store:
+    """Typed access to rangefetch's Redis state.
+
+    Every method translates Redis failures into ``QueueError``.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._set_state = redis.register_script(_SET_STATE)
+        self._mark_done = redis.register_script(_MARK_DONE)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+
+    # -- downloads ---------------------------------------------------------
+
+    async def create(self, spec: DownloadSpec) -> bool:
+        """Record ``spec`` as a queued download; ``False`` if the id is already known."""
+        key = keys.download_key(spec.id)
+        now = str(time.time())
+        try:
+            created = await cast(Any, self.redis.hsetnx(key, "id", spec.id))
+            if created:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(key, mapping={**spec.fields(), "state": DownloadState.QUEUED.value, "created": now})
+                    if spec.headers:
+                        pipe.hset(keys.download_key(spec.id, "headers"), mapping=dict(spec.headers))
+                    pipe.zadd(keys.DOWNLOADS, {spec.id: float(now)})
+                    await pipe.execute()
+            return bool(created)
+        except RedisError as exc:
+            raise QueueError(f"cannot record download {spec.id}: {exc}") from exc
+
+    async def update_spec(self, spec: DownloadSpec) -> None:
+        """Refresh the probe facts and headers of a known download (a re-enqueue)."""
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.download_key(spec.id), mapping=spec.fields())
+                headers_key = keys.download_key(spec.id, "headers")
+                pipe.delete(headers_key)
+                if spec.headers:
+                    pipe.hset(headers_key, mapping=dict(spec.headers))
+                await pipe.execute()
+        except RedisError as exc:
+            raise QueueError(f"cannot update download {spec.id}: {exc}") from exc
+
+    async def get(self, download_id: str) -> dict[str, str] | None:
+        """The download's fields, or ``None`` if there is no such download."""
+        data = await self._call(self.redis.hgetall(keys.download_key(download_id)))
+        return {_s(k): _s(v) for k, v in data.items()} if data else None
+
+    async def spec(self, download_id: str) -> DownloadSpec | None:
+        """The ``DownloadSpec`` (with headers) a worker needs, or ``None``."""
+        data = await self.get(download_id)
+        if data is None:
+            return None
+        headers = await self._call(self.redis.hgetall(keys.download_key(download_id, "headers")))
+        return DownloadSpec(
+            id=data["id"],
+            url=data["url"],
+            final_url=data["final_url"],
+            size=int(data["size"]),
+            path=data["path"],
+            chunk_size=int(data["chunk_size"]),
+            ranges=int(data["ranges"]),
+            connections=int(data["connections"]),
+            etag=data.get("etag"),
+            last_modified=data.get("last_modified"),
+            checksum=data.get("checksum"),
+            headers={_s(k): _s(v) for k, v in headers.items()},
+        )
+
+    async def state(self, download_id: str) -> DownloadState | None:
+        """The download's state, or ``None`` if it is unknown."""
+        value = await self._call(self.redis.hget(keys.download_key(download_id), "state"))
+        return DownloadState(_s(value)) if value else None
+
+    async def set_state(
+        self, download_id: str, new: DownloadState, *, error: str | None = None, **extra: str
+    ) -> DownloadState:
+        """Move the download to ``new`` atomically; returns the previous state.
+
+        Raises:
+            StateError: the transition is illegal, or the download is unknown.
+        """
+        allowed = [s.value for s in DownloadState if s.can_become(new)]
+        now = str(time.time())
+        key = keys.download_key(download_id)
+        ok, previous = await self._call(self._set_state(keys=[key], args=[new.value, now, *allowed]))
+        if ok == -1:
+            raise StateError(f"no download {download_id}")
+        if ok == 0:
+            DownloadState(_s(previous)).check(new)
+        fields = dict(extra)
+        if error is not None:
+            fields["error"] = error
+        if new is DownloadState.RUNNING and previous != new.value:
+            fields.setdefault("started", now)
+        if new.finished:
+            fields["finished"] = now
+        if fields:
+            await self._call(self.redis.hset(key, mapping=fields))
+        return DownloadState(_s(previous))
+
+    async def reset_for_resume(self, download_id: str, *, resumed: int) -> None:
+        """Clear a download's error, failures and guards before it is enqueued again."""
+        key = keys.download_key(download_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(key, "error", "finished", "sha256")
+            pipe.hset(key, "resumed", str(resumed))
+            for part in ("failed", "inflight", "finalize", "redo"):
+                pipe.delete(keys.download_key(download_id, part))
+            await self._call(pipe.execute())
+
+    async def list_ids(self) -> list[str]:
+        """Known download ids, oldest first."""
+        return [_s(i) for i in await self._call(self.redis.zrange(keys.DOWNLOADS, 0, -1))]
+
+    # -- ranges ------------------------------------------------------------
+
+    async def done_ranges(self, download_id: str) -> set[Range]:
+        """Ranges finished and fsynced."""
+        members = await self._call(self.redis.smembers(keys.download_key(download_id, "done")))
+        return {Range.parse(_s(m)) for m in members}
+
+    async def progress(self, download_id: str, rng: Range) -> int:
+        """Bytes of ``rng`` known to be on disk (fsynced)."""
+        value = await self._call(self.redis.hget(keys.download_key(download_id, "progress"), str(rng)))
+        return int(value) if value else 0
+
+    async def set_progress(self, download_id: str, rng: Range, done: int) -> None:
+        """Record that the first ``done`` bytes of ``rng`` are fsynced (an absolute count, never added)."""
+        await self._call(self.redis.hset(keys.download_key(download_id, "progress"), str(rng), str(done)))
+
+    async def start_range(self, download_id: str, rng: Range, worker_id: str) -> None:
+        """Note that ``worker_id`` is fetching ``rng``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.download_key(download_id, "inflight"), str(rng), worker_id)
+            pipe.sadd(keys.download_key(download_id, "workers"), worker_id)
+            await self._call(pipe.execute())
+
+    async def stop_range(self, download_id: str, rng: Range) -> None:
+        """Note that nobody is fetching ``rng`` any more."""
+        await self._call(self.redis.hdel(keys.download_key(download_id, "inflight"), str(rng)))
+
+    async def mark_done(self, download_id: str, rng: Range, digest: str) -> int:
+        """Record ``rng`` as finished with its sha256; returns how many ranges are done."""
+        k = keys.download_key
+        parts = ("done", "progress", "digest", "inflight", "failed")
+        count = await self._call(
+            self._mark_done(keys=[k(download_id, p) for p in parts], args=[str(rng), str(rng.length), digest])
+        )
+        return int(count)
+
+    async def fail_range(self, download_id: str, rng: Range, reason: str) -> None:
+        """Record why ``rng`` failed."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.download_key(download_id, "failed"), str(rng), reason)
+            pipe.hdel(keys.download_key(download_id, "inflight"), str(rng))
+            await self._call(pipe.execute())
+
+    async def digests(self, download_id: str) -> dict[Range, str]:
+        """The recorded sha256 of every finished range."""
+        data = await self._call(self.redis.hgetall(keys.download_key(download_id, "digest")))
+        return {Range.parse(_s(k)): _s(v) for k, v in data.items()}
+
+    async def redo(self, download_id: str, rng: Range) -> int:
+        """Forget that ``rng`` was done so it is fetched again; returns how often that happened."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.download_key(download_id, "done"), str(rng))
+            pipe.hdel(keys.download_key(download_id, "progress"), str(rng))
+            pipe.hdel(keys.download_key(download_id, "digest"), str(rng))
+            pipe.hincrby(keys.download_key(download_id, "redo"), str(rng), 1)
+            result = await self._call(pipe.execute())
+        return int(result[-1])
+
+    async def claim_finalizer(self, download_id: str, *, ttl: int = 3600) -> bool:
+        """Take the guard that lets exactly one finalizer run; ``False`` if it is taken."""
+        key = keys.download_key(download_id, "finalize")
+        return bool(await self._call(self.redis.set(key, "1", nx=True, ex=ttl)))
+
+    async def release_finalizer(self, download_id: str) -> None:
+        """Give the finalizer guard back (after re-enqueuing ranges)."""
+        await self._call(self.redis.delete(keys.download_key(download_id, "finalize")))
+
+    # -- connection slots ----------------------------------------------------
+
+    async def acquire_slots(self, token: str, limits: Mapping[str, int], *, ttl: float) -> bool:
+        """Take one slot in each semaphore key of ``limits`` (key -> limit), all or none."""
+        names = list(limits)
+        args = [token, str(ttl), *(str(limits[n]) for n in names)]
+        return bool(await self._call(self._acquire(keys=names, args=args)))
+
+    async def renew_slots(self, token: str, names: list[str], *, ttl: float) -> None:
+        """Extend the lease of ``token`` in each semaphore."""
+        await self._call(self._renew(keys=names, args=[token, str(ttl)]))
+
+    async def release_slots(self, token: str, names: list[str]) -> None:
+        """Give the slots of ``token`` back."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrem(name, token)
+            await self._call(pipe.execute())
+
+    # -- workers -------------------------------------------------------------
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        """Announce that a worker is alive."""
+        key = keys.worker_key(info.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={k: str(v) for k, v in asdict(info).items()})
+            pipe.expire(key, HEARTBEAT_TTL)
+            pipe.zadd(keys.WORKERS, {info.id: info.heartbeat})
+            pipe.zremrangebyscore(keys.WORKERS, "-inf", time.time() - HEARTBEAT_TTL)
+            await self._call(pipe.execute())
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Remove a worker that is shutting down."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.worker_key(worker_id))
+            pipe.zrem(keys.WORKERS, worker_id)
+            await self._call(pipe.execute())
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is recent, by id."""
+        ids = await self._call(self.redis.zrangebyscore(keys.WORKERS, time.time() - HEARTBEAT_TTL, "+inf"))
+        found = []
+        for worker_id in sorted(_s(i) for i in ids):
+            data = await self._call(self.redis.hgetall(keys.worker_key(worker_id)))
+            if data:
+                d = {_s(k): _s(v) for k, v in data.items()}
+                found.append(WorkerInfo(d["id"], d["host"], int(d["pid"]), int(d["jobs"]), float(d["heartbeat"])))
+        return found
+
+    # -- status --------------------------------------------------------------
+
+    async def status(self, download_id: str, *, now: float | None = None) -> dict[str, Any] | None:
+        """What ``rangefetch status`` shows, with aria2 ``tellStatus`` names where they fit."""
+        data = await self.get(download_id)
+        if data is None:
+            return None
+        k = keys.download_key
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(k(download_id, "done"))
+            pipe.hvals(k(download_id, "progress"))
+            pipe.hlen(k(download_id, "inflight"))
+            pipe.hgetall(k(download_id, "failed"))
+            pipe.smembers(k(download_id, "workers"))
+            done, progress, inflight, failed, workers = await self._call(pipe.execute())
+        return build_status(data, done, [int(p) for p in progress], inflight, failed, workers, now=now)
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except RedisError as exc:
+            raise QueueError(f"Redis error: {exc}") from exc
+
+
+def build_status(
+    data: dict[str, str],
+    done: int,
+    progress: list[int],
+    inflight: int,
+    failed: Mapping[Any, Any],
+    workers: set[Any],
+    *,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Assemble one status record (pure; ``now`` is injectable for tests)."""
+    now = time.time() if now is None else now
+    size = int(data["size"])
+    completed = min(size, sum(progress))
+    state = DownloadState(data["state"])
+    started = float(data["started"]) if "started" in data else None
+    resumed = int(data.get("resumed", "0"))
+    speed = 0.0
+    if started is not None and not state.finished and now > started:
+        speed = max(0.0, (completed - resumed) / (now - started))
+    eta = (size - completed) / speed if speed > 0 else None
+    failures = {_s(r): _s(e) for r, e in failed.items()}
+    last_error = data.get("error") or (next(iter(failures.values())) if failures else None)
+    return {
+        "gid": data["id"],
+        "state": state.value,
+        "status": _ARIA2_STATUS[state],
+        "url": redact_url(data["url"]),
+        "path": data["path"],
+        "totalLength": size,
+        "completedLength": completed,
+        "percent": round(100.0 * completed / size, 1) if size else 100.0,
+        "downloadSpeed": round(speed),
+        "eta": round(eta, 1) if eta is not None else None,
+        "numPieces": int(data["ranges"]),
+        "pieceLength": int(data["chunk_size"]),
+        "rangesDone": done,
+        "rangesInFlight": inflight,
+        "rangesFailed": len(failures),
+        "connections": inflight,
+        "errorMessage": last_error,
+        "workers": sorted(_s(w) for w in workers),
+        "sha256": data.get("sha256"),
+        "checksum": data.get("checksum"),
+    }
+
+
+_ARIA2_STATUS = {
+    DownloadState.QUEUED: "waiting",
+    DownloadState.RUNNING: "active",
+    DownloadState.VERIFYING: "active",
+    DownloadState.COMPLETE: "complete",
+    DownloadState.FAILED: "error",
+    DownloadState.CANCELLED: "removed",
+}
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else cast(str, value)
+
+
+def dumps(record: Mapping[str, Any]) -> str:
+    """One status record as JSON."""
+    return json.dumps(record, sort_keys=True)
