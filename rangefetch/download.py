@@ -178,7 +178,12 @@ class _Transfer:
         assert remote.size is not None
         old = ResumeRecord.load(self.part.record)
         if old is not None and self.part.part.exists():
-            why = old.mismatch(remote)
+            # The .part file must still be the one the record describes: one of
+            # another size would be emptied by PartFile.open, losing "done" ranges.
+            part_size = self.part.part.stat().st_size
+            why = old.mismatch(remote) or (
+                f".part file has {part_size} bytes, not {old.size}" if part_size != old.size else None
+            )
             if why is None:
                 log.info("resuming %s: %d ranges already done", self.part.part, len(old.done))
                 return old, True

@@ -26,7 +26,7 @@ boundary (``raise ... from exc``) so callers only ever catch ours::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .plan import Range
@@ -69,6 +69,16 @@ class RangefetchError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # arq pickles the errors range jobs raise.  The default reduce calls
+        # ``cls(message)``, which fails for errors with keyword-only required
+        # arguments (``status``); rebuild from the attributes instead.
+        return (_rebuild, (type(self), self.message), self.__dict__)
+
+
+def _rebuild(cls: type[RangefetchError], message: str) -> RangefetchError:
+    return cls.__new__(cls, message)
 
 
 class UsageError(RangefetchError):

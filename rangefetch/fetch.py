@@ -186,6 +186,11 @@ def _check_response(
     if status >= 300:
         raise_for_status(response, url=url)
         raise ProtocolError(f"unexpected HTTP {status} for {_what(rng)}", url=url, range=rng)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # §8.4: the body is an encoded representation, not the file's bytes,
+        # although we asked for identity (client.BASE_HEADERS).
+        raise ProtocolError(f"server sent Content-Encoding {encoding!r} for {_what(rng)}", url=url, range=rng)
     length = parse_content_length(response.headers)
     if rng is None or (status == 200 and done == 0 and rng.start == 0 and rng.end + 1 == remote.size):
         # A plain GET, or a range that is the whole file answered with the

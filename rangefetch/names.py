@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -41,8 +42,19 @@ def filename_from_disposition(value: str | None) -> str | None:
         return None
     message = Message()
     message["content-disposition"] = value
-    name = message.get_filename()
-    return safe_name(name)
+    plain: str | None = None
+    extended: str | None = None
+    # get_filename() would return the plain ``filename`` whenever both are
+    # present: decoded RFC 2231 parameters (``filename*``) come back as
+    # (charset, language, value) tuples, listed after the plain ones.
+    for key, param in message.get_params(header="content-disposition", failobj=[])[1:]:
+        if key.lower() != "filename":
+            continue
+        if isinstance(param, tuple):
+            extended = extended or collapse_rfc2231_value(param)
+        else:
+            plain = plain or param
+    return safe_name(extended) or safe_name(plain)
 
 
 def filename_from_url(url: str) -> str | None:

@@ -112,7 +112,8 @@ def _cut(size: int, chunk_size: int) -> Iterator[Range]:
         yield Range(start, min(start + chunk_size, size) - 1)
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+# "4", "4b", "4k", "4kb", "4ki", "4kib" (any case); an "i" needs a unit before it.
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([kmgt])(?:ib?|b)?|b)?\s*$", re.IGNORECASE | re.ASCII)
 _UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
 
 
@@ -125,10 +126,11 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         value = text
     else:
-        match = _SIZE_RE.match(text)
+        # Settings pass values through untyped: a float must fail here, not with a TypeError.
+        match = _SIZE_RE.match(text) if isinstance(text, str) else None
         if not match:
             raise UsageError(f"invalid size {text!r}: use a number with an optional K, M, G or T suffix")
-        value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+        value = int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
     if value < 1:
         raise UsageError(f"invalid size {text!r}: must be at least 1 byte")
     return value

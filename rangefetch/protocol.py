@@ -43,7 +43,7 @@ class ContentRange:
     size: int | None
 
 
-_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE | re.ASCII)
 
 
 def parse_content_range(value: str | None) -> ContentRange | None:
@@ -76,7 +76,7 @@ def parse_content_length(headers: Mapping[str, str]) -> int | None:
     if value is None or encoding not in ("", "identity"):
         return None
     value = value.strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if _is_digits(value) else None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -84,7 +84,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _is_digits(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -92,6 +92,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
+
+
+def _is_digits(value: str) -> bool:
+    # str.isdigit() alone accepts "²" and other non-ASCII digits, which int() rejects.
+    return value.isascii() and value.isdigit()
 
 
 def is_strong_etag(etag: str | None) -> bool:

@@ -64,16 +64,33 @@ class ResumeRecord:
         """Read the record at ``path``; ``None`` when there is none or it is unreadable."""
         try:
             data = json.loads(path.read_text())
-            if data.pop("version", None) != VERSION:
+            if not isinstance(data, dict) or data.pop("version", None) != VERSION:
                 return None
             record = cls(**data)
-            record.ranges()
+            record._check()
             return record
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as exc:
             log.warning("ignoring unreadable resume record %s: %s", path, exc)
             return None
+
+    def _check(self) -> None:
+        """Raise ``ValueError`` unless every field has a usable type and value."""
+
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not isinstance(self.url, str) or not is_int(self.size) or self.size < 0:
+            raise ValueError("bad url or size")
+        if not is_int(self.chunk_size) or self.chunk_size < 1:
+            raise ValueError("bad chunk_size")
+        for value in (self.etag, self.last_modified):
+            if value is not None and not isinstance(value, str):
+                raise ValueError("bad validator")
+        if not isinstance(self.done, list) or not all(isinstance(text, str) for text in self.done):
+            raise ValueError("bad list of done ranges")
+        self.ranges()
 
     def save(self, path: Path) -> None:
         """Write the record atomically (temporary file, fsync, rename)."""

@@ -19,7 +19,7 @@ _SECRET_PARAM = re.compile(r"sig|token|key|secret|pass|auth|credential|session",
 
 
 def redact_url(url: str) -> str:
-    """``url`` without a password and with secret-looking query values replaced."""
+    """``url`` without a password (or a lone user name) and with secret-looking query values replaced."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -27,8 +27,10 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:{REDACTED}@{hostport}" if user else hostport
+        user, colon, _ = userinfo.partition(":")
+        # Without a password the user part is often the credential itself
+        # (https://TOKEN@host/...), so it goes too.
+        netloc = f"{user}:{REDACTED}@{hostport}" if user and colon else f"{REDACTED}@{hostport}"
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)

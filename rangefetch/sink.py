@@ -61,7 +61,8 @@ class FileWriter:
 
     Use as ``async with FileWriter(fd) as writer``.  ``write`` waits while
     more than ``budget`` bytes are queued; ``flush`` returns once everything
-    queued before it is written and fsynced.
+    queued before it is written and fsynced.  Leaving the block waits for the
+    queued writes and raises ``DownloadError`` if any of them failed.
     """
 
     def __init__(self, fd: int, *, budget: int = WRITE_BUDGET, max_pwrite: int = MAX_PWRITE) -> None:
@@ -84,6 +85,9 @@ class FileWriter:
     ) -> None:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+        if exc_type is None:
+            # A write that failed after the last write()/flush() must not go unnoticed.
+            self._check()
 
     async def write(self, offset: int, data: bytes) -> None:
         """Queue ``data`` for writing at ``offset``; waits while the queue is full.
@@ -163,7 +167,9 @@ class PartFile:
         """Open the ``.part`` file for writing and return its descriptor.
 
         With ``keep`` an existing ``.part`` file of the right size is reused
-        (resume); otherwise it starts empty and is preallocated to ``size``.
+        (resume); otherwise it starts empty and is preallocated to ``size``,
+        and any old resume record is removed first: it describes bytes that
+        are about to be thrown away.
 
         Raises:
             DownloadError: the file cannot be created.
@@ -181,6 +187,9 @@ class PartFile:
         try:
             if keep and size is not None and os.fstat(fd).st_size == size:
                 return fd
+            # A stale record next to an emptied file would let a later rerun
+            # "resume" ranges whose bytes are gone and deliver a corrupt file.
+            self.record.unlink(missing_ok=True)
             os.ftruncate(fd, 0)
             allocate(fd, size or 0)
         except OSError as exc:
