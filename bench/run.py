@@ -11,6 +11,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import http.client
 import json
@@ -126,12 +127,13 @@ def ensure_source(www: Path, size: int) -> str:
                 and cached.get("mtime_ns") == src.stat().st_mtime_ns:
             return str(cached["sha256"])
     print(f"generating {size / MIB:g} MiB of random data in {src} ...", file=sys.stderr)
-    digest = hashlib.sha256()
-    with src.open("wb") as f:
+    digest, tmp = hashlib.sha256(), src.with_suffix(".tmp")
+    with tmp.open("wb") as f:
         for offset in range(0, size, 8 * MIB):
             chunk = os.urandom(min(size - offset, 8 * MIB))
             digest.update(chunk)
             f.write(chunk)
+    tmp.replace(src)  # never rewrite a file nginx may be serving in place
     meta.write_text(json.dumps({"size": size, "sha256": digest.hexdigest(),
                                 "mtime_ns": src.stat().st_mtime_ns}))
     return digest.hexdigest()
@@ -384,6 +386,11 @@ def main() -> int:
     dl, logs, home = workdir / "dl", workdir / "logs", workdir / "home"
     for d in (dl, logs, home):
         d.mkdir(parents=True, exist_ok=True)
+    lock = (workdir / ".lock").open("w")  # held until exit; shared paths would clash
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        ap.error(f"another bench run is using {workdir}; pass a different --workdir")
     # A private HOME keeps ~/.curlrc, ~/.axelrc, ~/.netrc and aria2's files out.
     env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
