@@ -159,5 +159,19 @@ def _plugin(name: str) -> Any:
 
 
 def main() -> None:
-    """Console entry point."""
-    cli(prog_name="rangefetch")
+    """Console entry point: click's own usage errors become one line too."""
+    try:
+        cli.main(prog_name="rangefetch", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message(), err=True)
+        sys.exit(2)
+    except click.UsageError as exc:
+        hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+        click.echo(f"rangefetch: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"rangefetch: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("rangefetch: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)

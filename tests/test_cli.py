@@ -275,14 +275,21 @@ def test_usage_error(srv: RangeServer, tmp_path: Path, args: list[str]) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_click_usage_error(tmp_path: Path) -> None:
-    # Current behaviour: click's own parse errors (missing argument, unknown
-    # option, -c not a number) keep click's three-line usage message, although
-    # cli._Group's docstring promises one-line usage errors.
-    proc = run("get", cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("get",), "Missing argument 'URL'"),
+        (("get", "--bogus", "http://x/"), "--bogus"),
+        (("get", "-c", "abc", "http://x/"), "'abc' is not a valid integer"),
+        (("nosuchcommand",), "No such command 'nosuchcommand'"),
+    ],
+)
+def test_click_usage_error_is_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    proc = run(*args, cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert "Missing argument 'URL'" in proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 # --- output ---------------------------------------------------------------------
