@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 
 import httpx
@@ -134,7 +134,7 @@ class Downloader:
             raise UnknownSizeError("the server does not say how large the file is", url=self.url)
         return remote.size
 
-    async def start(self) -> AsyncIterator[Chunk]:
+    async def start(self) -> AsyncGenerator[Chunk, None]:
         """Yield ``(start, end, content)`` until the whole file has been yielded.
 
         Raises:
