@@ -95,7 +95,8 @@ class ResumeRecord:
     def save(self, path: Path) -> None:
         """Write the record atomically (temporary file, fsync, rename)."""
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        with open(os.open(tmp, flags, 0o644), "w") as f:
             json.dump({"version": VERSION, **asdict(self)}, f)
             f.flush()
             os.fsync(f.fileno())

@@ -176,7 +176,8 @@ class PartFile:
         """
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # O_NOFOLLOW: a symlink planted at NAME.part must not redirect the writes.
+            fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise DownloadError(f"cannot create {self.part}: {exc.strerror}") from exc
         try:

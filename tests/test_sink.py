@@ -295,3 +295,15 @@ def test_discard_removes_part_and_record(tmp_path: Path) -> None:
 def test_allocate_sets_the_length(fd: int, size: int) -> None:
     allocate(fd, size)
     assert os.fstat(fd).st_size == size
+
+
+def test_part_file_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"precious")
+    inside = tmp_path / "dl"
+    inside.mkdir()
+    part = PartFile(inside / "file.bin")
+    part.part.symlink_to(outside)
+    with pytest.raises(DownloadError):
+        part.open(16, keep=False)
+    assert outside.read_bytes() == b"precious"
