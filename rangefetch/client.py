@@ -15,6 +15,7 @@ from .errors import (
     UsageError,
 )
 from .plan import Range
+from .redact import redact_url
 from .settings import Settings
 
 __all__ = ["BASE_HEADERS", "check_url", "make_client", "parse_header", "translate_error"]
@@ -33,16 +34,18 @@ def check_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise UsageError(f"invalid URL {url!r}: {exc}") from exc
+        raise UsageError(f"invalid URL {redact_url(url)!r}: {exc}") from exc
     if parts.scheme.lower() not in ("http", "https"):
         shown = f"{parts.scheme}://" if parts.scheme else "none"
-        raise UsageError(f"unsupported URL scheme {shown} in {url!r}: only http:// and https:// are supported")
+        raise UsageError(
+            f"unsupported URL scheme {shown} in {redact_url(url)!r}: only http:// and https:// are supported"
+        )
     if not parts.hostname:
-        raise UsageError(f"invalid URL {url!r}: no host")
+        raise UsageError(f"invalid URL {redact_url(url)!r}: no host")
     try:
         _ = parts.port
     except ValueError as exc:
-        raise UsageError(f"invalid URL {url!r}: {exc}") from exc
+        raise UsageError(f"invalid URL {redact_url(url)!r}: {exc}") from exc
     return url
 
 
@@ -95,9 +98,9 @@ def translate_error(exc: Exception, *, url: str, range: Range | None = None) -> 
             return ConnectionLostError(f"timed out connecting to {_host(url)}{where}", url=url, range=range)
         return StallError(f"no data from {_host(url)} within the stall timeout{where}", url=url, range=range)
     if isinstance(exc, httpx.TooManyRedirects):
-        return ProtocolError(f"too many redirects for {url}", url=url, range=range)
+        return ProtocolError(f"too many redirects for {redact_url(url)}", url=url, range=range)
     if isinstance(exc, httpx.UnsupportedProtocol):
-        return UsageError(f"unsupported URL {url!r}: {exc}", url=url)
+        return UsageError(f"unsupported URL {redact_url(url)!r}: {exc}", url=url)
     if isinstance(exc, httpx.RemoteProtocolError):
         return ConnectionLostError(f"connection to {_host(url)} broke: {exc}{where}", url=url, range=range)
     if isinstance(exc, (httpx.TransportError, OSError)):

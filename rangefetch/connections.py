@@ -24,8 +24,11 @@ __all__ = ["open_redis", "redis_settings"]
 COMMAND_RETRIES = 40
 
 
-def redis_settings(settings: Settings) -> RedisSettings:
+def redis_settings(settings: Settings, *, patient: bool = True) -> RedisSettings:
     """arq ``RedisSettings`` for ``settings.redis_url``.
+
+    ``patient`` settings ride out a Redis restart (workers); impatient ones
+    fail within a few seconds (commands a person is waiting on).
 
     Raises:
         UsageError: no Redis URL is configured, or it is malformed.
@@ -37,23 +40,22 @@ def redis_settings(settings: Settings) -> RedisSettings:
         rs = RedisSettings.from_dsn(url)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(f"invalid Redis URL {redact_url(url)}: use redis://[:password@]host:port/db") from exc
-    rs.conn_retries = 10
-    rs.conn_timeout = 5
+    rs.conn_retries = 10 if patient else 1
+    rs.conn_timeout = 5 if patient else 2
     rs.retry_on_timeout = True
     rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
-    rs.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), COMMAND_RETRIES)
+    rs.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), COMMAND_RETRIES if patient else 2)
     return rs
 
 
-async def open_redis(settings: Settings) -> ArqRedis:
-    """An arq Redis pool for ``settings.redis_url``.
+async def open_redis(settings: Settings, *, patient: bool = False) -> ArqRedis:
+    """An arq Redis pool for ``settings.redis_url`` (impatient unless asked: see ``redis_settings``).
 
     Raises:
         UsageError: no or malformed Redis URL.
         QueueError: Redis cannot be reached.
     """
-    rs = redis_settings(settings)
-    rs.conn_retries = 2
+    rs = redis_settings(settings, patient=patient)
     try:
         return await create_pool(rs, default_queue_name=settings.queue_name)
     except (RedisError, OSError) as exc:

@@ -373,3 +373,16 @@ def test_resume_after_remote_changed_starts_over(srv: RangeServer, tmp_path: Pat
     assert_success(proc, tmp_path / NAME, hashlib.sha256(new).hexdigest())
     fetched = [parse_range(r.headers["range"]) for r in range_gets(srv.requests[first:])]
     assert sum(end - start + 1 for start, end in fetched) == len(new)
+
+
+@pytest.mark.parametrize("scheme", ["ftp", "http"])
+def test_secrets_in_the_url_never_reach_stderr(srv: RangeServer, tmp_path: Path, scheme: str) -> None:
+    # ftp: a usage error; http: a 404 from the server.  Neither may echo the password or token.
+    url = srv.url("missing-file", token="tok3n-value").replace("http://", f"{scheme}://user:hunter2@")
+    proc = run("get", "-o", "out.bin", "-H", "Authorization: Bearer s3cr3t", url, cwd=tmp_path)
+    assert proc.returncode in (1, 2)
+    assert "Traceback" not in proc.stderr
+    for secret in ("hunter2", "tok3n-value", "s3cr3t"):
+        assert secret not in proc.stderr
+        assert secret not in proc.stdout
+    assert not (tmp_path / "out.bin").exists()
