@@ -34,7 +34,7 @@ from .probe import RemoteFile, probe
 from .progress import Tracker
 from .redact import redact_headers, redact_url
 from .retry import Backoff
-from .settings import RetryPolicy, Settings, Timeouts
+from .settings import JobLimits, RetryPolicy, Settings, Timeouts
 from .sink import FileWriter, PartFile, allocate
 from .verify import Checksum, hash_fd
 
@@ -50,6 +50,7 @@ __all__ = [
     "Downloader",
     "FileWriter",
     "HTTPStatusError",
+    "JobLimits",
     "PartFile",
     "PermanentError",
     "ProtocolError",

@@ -16,6 +16,7 @@ __all__ = [
     "range_job_id",
     "sem_download",
     "sem_host",
+    "sem_waiters",
     "worker_key",
 ]
 
@@ -33,9 +34,12 @@ WORKERS = PREFIX + "workers"  # zset: worker id -> last heartbeat (unix seconds)
 #   "inflight"  hash: range -> worker id running it now
 #   "failed"    hash: range -> last error
 #   "redo"      hash: range -> times re-fetched after failing verification
+#   "attempts"  hash: range -> range job runs in a row that made no progress
 #   "workers"   set: worker ids that worked on it
 #   "finalize"  string: guard so the finalizer runs once
-DOWNLOAD_PARTS = ("", "headers", "done", "progress", "digest", "inflight", "failed", "redo", "workers", "finalize")
+DOWNLOAD_PARTS = (
+    "", "headers", "done", "progress", "digest", "inflight", "failed", "redo", "attempts", "workers", "finalize",
+)  # fmt: skip
 
 
 def download_key(download_id: str, part: str = "") -> str:
@@ -51,6 +55,11 @@ def worker_key(worker_id: str) -> str:
 def sem_host(host: str) -> str:
     """The cluster-wide connection semaphore of one server host."""
     return f"{PREFIX}sem:host:{host}"
+
+
+def sem_waiters(host: str) -> str:
+    """Downloads waiting for a connection to ``host`` (zset: download id -> last wait), for fair shares."""
+    return f"{PREFIX}sem:wait:{host}"
 
 
 def sem_download(download_id: str) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .plan import parse_size
 
-__all__ = ["DEFAULT_RETRY", "DEFAULT_TIMEOUTS", "RetryPolicy", "Settings", "Timeouts"]
+__all__ = ["DEFAULT_JOBS", "DEFAULT_RETRY", "DEFAULT_TIMEOUTS", "JobLimits", "RetryPolicy", "Settings", "Timeouts"]
 
 
 def _size_or_none(value: Any) -> Any:
@@ -61,8 +61,37 @@ class RetryPolicy(BaseModel):
     retry_after_max: float = Field(300.0, ge=0)
 
 
+class JobLimits(BaseModel):
+    """How long distributed jobs may run and hold things, in seconds (``worker/`` explains the choice).
+
+    A range job fetches for at most ``budget`` seconds, then saves its
+    progress and continues as a fresh job, so it never reaches arq's
+    ``timeout`` (which arq treats as a permanent failure).  The finalizer
+    hashes the whole file and gets ``finalize_timeout``.  Whatever a job
+    claims (arq's in-progress key, connection slots, the finalizer guard) is
+    leased for ``lease`` seconds and renewed while the job runs, so the work
+    of a worker that died is taken up again ``lease`` seconds later.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    budget: float = Field(40.0, gt=0, description="seconds a range job fetches before it continues as a new job")
+    timeout: float = Field(120.0, gt=0, description="arq timeout of a range job: budget + fsync + hashing")
+    finalize_timeout: float = Field(3600.0, gt=0, description="arq timeout of the finalizer (hashes the file)")
+    lease: float = Field(20.0, gt=0, description="seconds a dead worker's job, slots and guard stay claimed")
+    slot_wait: float = Field(1.0, gt=0, description="mean delay before a job that found no free slot retries")
+    max_attempts: int = Field(5, ge=1, description="range job runs in a row without progress before it fails")
+
+    @model_validator(mode="after")
+    def _budget_below_timeout(self) -> JobLimits:
+        if self.budget >= self.timeout:
+            raise ValueError(f"budget ({self.budget}) must be below timeout ({self.timeout})")
+        return self
+
+
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_RETRY = RetryPolicy()
+DEFAULT_JOBS = JobLimits()
 
 
 class Settings(BaseSettings):
@@ -92,6 +121,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(8, ge=1, description="range jobs one worker process runs at once")
     cluster_size: int = Field(8, ge=1, description="worker processes expected; sizes the queue read limit")
     max_verify_retries: int = Field(3, ge=0, description="times a range that fails verification is redone")
+    jobs: JobLimits = Field(DEFAULT_JOBS, description="range job budget, timeouts and leases of distributed jobs")
 
     @field_validator("redis_url")
     @classmethod

@@ -115,6 +115,74 @@ return 1
 """
 
 
+# Like _ACQUIRE, but the first semaphore (a server host) is shared fairly
+# among the downloads using it.  Tokens are "OWNER:..." (range job ids are
+# "DOWNLOAD:START-END").  A download that finds the host full while holding
+# less than its fair share (the limit divided by the downloads holding or
+# waiting) records itself in the waiters zset; while someone else waits, a
+# download at or above its share gets no new slot.  So one huge download
+# gives slots up to a small one as its ranges finish or yield, instead of
+# taking every freed slot back at once.
+# KEYS: shared semaphore, its waiters, then other semaphores.
+# ARGV: token, ttl, owner, wait_ttl, shared limit, then the others' limits.
+_ACQUIRE_FAIR = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local token, ttl, owner, wait_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local shared, waiters = KEYS[1], KEYS[2]
+redis.call('ZREMRANGEBYSCORE', shared, '-inf', t)
+redis.call('ZREMRANGEBYSCORE', waiters, '-inf', t - wait_ttl)
+if not redis.call('ZSCORE', shared, token) then
+  local limit = tonumber(ARGV[5])
+  local holders = redis.call('ZRANGE', shared, 0, -1)
+  local owners, count, mine, others_wait = {}, 0, 0, false
+  owners[owner] = true
+  count = 1
+  for _, m in ipairs(holders) do
+    local o = string.match(m, '^(.*):')
+    if o == owner then
+      mine = mine + 1
+    elseif o and not owners[o] then
+      owners[o] = true
+      count = count + 1
+    end
+  end
+  for _, w in ipairs(redis.call('ZRANGE', waiters, 0, -1)) do
+    if w ~= owner then
+      others_wait = true
+      if not owners[w] then
+        owners[w] = true
+        count = count + 1
+      end
+    end
+  end
+  local fair = math.ceil(limit / count)
+  if others_wait and mine >= fair then return 0 end
+  if #holders >= limit then
+    if mine < fair then
+      redis.call('ZADD', waiters, t, owner)
+      redis.call('EXPIRE', waiters, math.ceil(wait_ttl) + 60)
+    end
+    return 0
+  end
+end
+for i = 3, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', t)
+  if not redis.call('ZSCORE', KEYS[i], token) and redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 + i]) then
+    return 0
+  end
+end
+for i, key in ipairs(KEYS) do
+  if i ~= 2 then
+    redis.call('ZADD', key, t + ttl, token)
+    redis.call('EXPIRE', key, math.ceil(ttl) + 60)
+  end
+end
+redis.call('ZREM', waiters, owner)
+return 1
+"""
+
+
 class Store:
     """Typed access to rangefetch's Redis state.
 
@@ -126,6 +194,7 @@ class Store:
         self._set_state = redis.register_script(_SET_STATE)
         self._mark_done = redis.register_script(_MARK_DONE)
         self._acquire = redis.register_script(_ACQUIRE)
+        self._acquire_fair = redis.register_script(_ACQUIRE_FAIR)
         self._renew = redis.register_script(_RENEW)
 
     # -- downloads ---------------------------------------------------------
@@ -152,6 +221,10 @@ class Store:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(keys.download_key(spec.id), mapping=spec.fields())
+                # An optional fact that is gone now (no ETag any more, no checksum asked) must not linger.
+                gone = [k for k in ("etag", "last_modified", "checksum") if getattr(spec, k) is None]
+                if gone:
+                    pipe.hdel(keys.download_key(spec.id), *gone)
                 headers_key = keys.download_key(spec.id, "headers")
                 pipe.delete(headers_key)
                 if spec.headers:
@@ -224,7 +297,14 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(key, "error", "finished", "sha256")
             pipe.hset(key, "resumed", str(resumed))
-            for part in ("failed", "inflight", "finalize", "redo"):
+            for part in ("failed", "inflight", "finalize", "redo", "attempts"):
+                pipe.delete(keys.download_key(download_id, part))
+            await self._call(pipe.execute())
+
+    async def forget_ranges(self, download_id: str) -> None:
+        """Forget every finished range, its progress and digest: the file starts over."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for part in ("done", "progress", "digest", "redo"):
                 pipe.delete(keys.download_key(download_id, part))
             await self._call(pipe.execute())
 
@@ -238,6 +318,10 @@ class Store:
         """Ranges finished and fsynced."""
         members = await self._call(self.redis.smembers(keys.download_key(download_id, "done")))
         return {Range.parse(_s(m)) for m in members}
+
+    async def done_count(self, download_id: str) -> int:
+        """How many ranges are finished and fsynced."""
+        return int(await self._call(self.redis.scard(keys.download_key(download_id, "done"))))
 
     async def progress(self, download_id: str, rng: Range) -> int:
         """Bytes of ``rng`` known to be on disk (fsynced)."""
@@ -275,6 +359,14 @@ class Store:
             pipe.hdel(keys.download_key(download_id, "inflight"), str(rng))
             await self._call(pipe.execute())
 
+    async def count_attempt(self, download_id: str, rng: Range, *, progressed: bool) -> int:
+        """Count a run of ``rng``'s job: returns the runs in a row without progress (0 after progress)."""
+        key = keys.download_key(download_id, "attempts")
+        if progressed:
+            await self._call(self.redis.hdel(key, str(rng)))
+            return 0
+        return int(await self._call(self.redis.hincrby(key, str(rng), 1)))
+
     async def digests(self, download_id: str) -> dict[Range, str]:
         """The recorded sha256 of every finished range."""
         data = await self._call(self.redis.hgetall(keys.download_key(download_id, "digest")))
@@ -295,6 +387,10 @@ class Store:
         key = keys.download_key(download_id, "finalize")
         return bool(await self._call(self.redis.set(key, "1", nx=True, ex=ttl)))
 
+    async def renew_finalizer(self, download_id: str, *, ttl: int) -> None:
+        """Extend the finalizer guard (held as a lease by a running finalizer)."""
+        await self._call(self.redis.expire(keys.download_key(download_id, "finalize"), ttl))
+
     async def release_finalizer(self, download_id: str) -> None:
         """Give the finalizer guard back (after re-enqueuing ranges)."""
         await self._call(self.redis.delete(keys.download_key(download_id, "finalize")))
@@ -306,6 +402,22 @@ class Store:
         names = list(limits)
         args = [token, str(ttl), *(str(limits[n]) for n in names)]
         return bool(await self._call(self._acquire(keys=names, args=args)))
+
+    async def acquire_fair(
+        self, token: str, owner: str, limits: Mapping[str, int], *, waiters: str, ttl: float, wait_ttl: float
+    ) -> bool:
+        """Like ``acquire_slots``, with the first key of ``limits`` shared fairly among owners.
+
+        ``token`` must read ``OWNER:...``; ``waiters`` is the zset of owners
+        waiting for the first key, forgotten ``wait_ttl`` seconds after they
+        last asked (see ``_ACQUIRE_FAIR``).
+        """
+        names = list(limits)
+        if not names:
+            raise ValueError("acquire_fair needs at least one semaphore")
+        args = [token, str(ttl), owner, str(wait_ttl), *(str(limits[n]) for n in names)]
+        script_keys = [names[0], waiters, *names[1:]]
+        return bool(await self._call(self._acquire_fair(keys=script_keys, args=args)))
 
     async def renew_slots(self, token: str, names: list[str], *, ttl: float) -> None:
         """Extend the lease of ``token`` in each semaphore."""

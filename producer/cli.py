@@ -1,0 +1,235 @@
+"""The producer's commands: ``enqueue``, ``status``, ``wait``, ``cancel``, ``workers``, and ``get --redis``.
+
+They plug into ``rangefetch`` through entry points (``rangefetch.commands``
+and ``rangefetch.modes``).  Each parses its arguments, builds ``Settings``
+once, opens Redis and calls the library in ``enqueue``, ``monitor`` and
+``watch``; ``rangefetch.cli.run`` turns errors into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from arq.connections import ArqRedis
+
+from rangefetch import Checksum, Settings, Tracker, hash_fd, parse_header
+from rangefetch.cli import build_settings, run
+from rangefetch.connections import open_redis
+from rangefetch.display import show_progress
+from rangefetch.errors import RangefetchError
+from rangefetch.store import Store
+
+from .enqueue import enqueue as enqueue_download
+from .monitor import cancel as cancel_download
+from .monitor import follow, format_status, format_workers, outcome, statuses, worker_record
+from .watch import watch
+
+__all__ = ["cancel", "distributed_get", "enqueue", "status", "wait", "workers"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_redis_option = click.option(
+    "--redis", "redis_url", help="Redis URL, e.g. redis://:password@host:6379/0 (default: RANGEFETCH_REDIS_URL)."
+)
+_verbose_option = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+
+
+def _common(fn: F) -> F:
+    return _redis_option(_verbose_option(fn))
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="rangefetch: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL
+
+
+@contextlib.asynccontextmanager
+async def _connect(settings: Settings) -> AsyncIterator[ArqRedis]:
+    redis = await open_redis(settings)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+@click.command()
+@click.argument("url")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write, inside the download directory.")
+@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path), help="Folder inside the download directory.")
+@click.option("-c", "--connections", type=int, help="Concurrent connections for this download (default 16).")
+@click.option("--chunk-size", help="Bytes per range, e.g. 8M (default: chosen from the file size).")
+@click.option("--checksum", help="Verify the result: ALGO=HEX with md5, sha1, sha256 or sha512.")
+@click.option("-H", "--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
+@_common
+def enqueue(
+    url: str,
+    output: Path | None,
+    directory: Path | None,
+    connections: int | None,
+    chunk_size: str | None,
+    checksum: str | None,
+    headers: tuple[str, ...],
+    redis_url: str | None,
+    verbose: int,
+) -> None:
+    """Queue URL for the workers and print its download id.
+
+    Enqueuing the same URL to the same output again prints the same id and
+    only queues what is missing: it resumes a failed or cancelled download.
+    """
+    _setup_logging(verbose)
+
+    async def main() -> None:
+        settings = build_settings(connections=connections, chunk_size=chunk_size, redis_url=redis_url)
+        expected = Checksum.parse(checksum) if checksum else None
+        extra = dict(parse_header(h) for h in headers)
+        async with _connect(settings) as redis:
+            result = await enqueue_download(
+                url, settings=settings, redis=redis, output=output, directory=directory,
+                headers=extra, checksum=expected,
+            )  # fmt: skip
+        click.echo(result.id)
+
+    run(main)
+
+
+@click.command()
+@click.argument("download_id", required=False)
+@click.option("--watch", "live", is_flag=True, help="Show live progress until the downloads end.")
+@click.option("--json", "as_json", is_flag=True, help="JSON with aria2 tellStatus field names.")
+@_common
+def status(download_id: str | None, live: bool, as_json: bool, redis_url: str | None, verbose: int) -> None:
+    """Show the state and progress of one download, or of all of them."""
+    _setup_logging(verbose)
+
+    async def main() -> None:
+        settings = build_settings(redis_url=redis_url)
+        ids = [download_id] if download_id else []
+        async with _connect(settings) as redis:
+            store = Store(redis)
+            if live:
+                if not await watch(store, ids, stream=sys.stdout, as_json=as_json) and not as_json:
+                    click.echo("no downloads")
+                return
+            records = await statuses(store, ids)
+        if as_json:
+            click.echo(json.dumps(records[0] if download_id else records, sort_keys=True, indent=2))
+        elif records:
+            click.echo("\n".join(format_status(r) for r in records))
+        else:
+            click.echo("no downloads")
+
+    run(main)
+
+
+@click.command()
+@click.argument("download_id")
+@_common
+def wait(download_id: str, redis_url: str | None, verbose: int) -> None:
+    """Block until a download ends: exit 0 when complete, 1 when failed or cancelled."""
+    _setup_logging(verbose)
+
+    async def main() -> None:
+        settings = build_settings(redis_url=redis_url)
+        async with _connect(settings) as redis:
+            record = await follow(Store(redis), download_id)
+        outcome(record)
+        path = settings.download_dir.resolve() / record["path"]
+        click.echo(f"{record['sha256'] or await _sha256(path)}  {path}")
+
+    run(main)
+
+
+@click.command()
+@click.argument("download_id")
+@_common
+def cancel(download_id: str, redis_url: str | None, verbose: int) -> None:
+    """Stop a download; its .part file stays, so enqueuing it again resumes."""
+    _setup_logging(verbose)
+
+    async def main() -> None:
+        settings = build_settings(redis_url=redis_url)
+        async with _connect(settings) as redis:
+            removed = await cancel_download(Store(redis), redis, settings, download_id)
+        click.echo(f"cancelled {download_id}: {removed} queued jobs removed", err=True)
+
+    run(main)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@_common
+def workers(as_json: bool, redis_url: str | None, verbose: int) -> None:
+    """List the live workers: host, pid, jobs running, last heartbeat."""
+    _setup_logging(verbose)
+
+    async def main() -> None:
+        settings = build_settings(redis_url=redis_url)
+        async with _connect(settings) as redis:
+            found = await Store(redis).workers()
+        if as_json:
+            click.echo(json.dumps([worker_record(w) for w in found], sort_keys=True, indent=2))
+        else:
+            click.echo(format_workers(found))
+
+    run(main)
+
+
+async def distributed_get(
+    url: str,
+    *,
+    output: str | os.PathLike[str] | None,
+    directory: str | os.PathLike[str] | None,
+    settings: Settings,
+    headers: dict[str, str],
+    checksum: Checksum | None,
+    quiet: bool,
+) -> int:
+    """``rangefetch get --redis``: enqueue, follow the progress, and exit like ``wait``.
+
+    Prints ``<sha256>  <path>`` on success and returns the exit code.
+
+    Raises:
+        RangefetchError: enqueuing failed (bad URL or path, probe, Redis).
+    """
+    async with _connect(settings) as redis:
+        result = await enqueue_download(
+            url, settings=settings, redis=redis, output=output, directory=directory,
+            headers=headers, checksum=checksum,
+        )  # fmt: skip
+        if not quiet:
+            click.echo(f"rangefetch: download {result.id} queued ({result.added} jobs)", err=True)
+        tracker = Tracker()
+
+        def update(record: dict[str, Any]) -> None:
+            if tracker.total is None:
+                tracker.start(record["totalLength"], record["completedLength"])
+            tracker.advance(record["completedLength"] - tracker.done)
+
+        async with show_progress(tracker, "rangefetch", quiet=quiet):
+            record = await follow(Store(redis), result.id, on_status=update)
+    try:
+        outcome(record)
+    except RangefetchError as exc:
+        click.echo(f"rangefetch: error: {exc}", err=True)
+        return exc.exit_code
+    digest = record["sha256"] or await _sha256(result.path)
+    click.echo(f"{digest}  {result.path}")
+    return 0
+
+
+async def _sha256(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return (await hash_fd(fd, {"sha256"}))["sha256"]
+    finally:
+        os.close(fd)

@@ -1,0 +1,314 @@
+"""The producer: probe a URL, record the download in Redis, create its file, enqueue its ranges.
+
+``enqueue()`` is idempotent.  The download id is derived from the URL and the
+output path (``download_id``), so enqueuing the same URL to the same output
+again finds the same record and only enqueues what is missing: ranges that
+are neither done nor queued nor running.  That makes it the resume command
+too: a failed or cancelled download keeps its ``.part`` file and its done
+ranges, as long as the remote file still has the same size and validator
+(ETag or Last-Modified); when it changed, or gives no validator to check,
+the download starts over.
+
+Output paths always lie inside ``Settings.download_dir``, the volume the
+workers share; Redis stores them relative to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+from rangefetch import (
+    Backoff,
+    Checksum,
+    DownloadError,
+    PartFile,
+    PermanentError,
+    RemoteFile,
+    Settings,
+    UnknownSizeError,
+    UnsafePathError,
+    UsageError,
+    allocate,
+    check_url,
+    choose_chunk_size,
+    keys,
+    make_client,
+    output_candidates,
+    plan_ranges,
+    probe,
+    redact_url,
+    resolve_output,
+)
+from rangefetch.state import DownloadState
+from rangefetch.store import DownloadSpec, Store
+
+from .jobs import Job, enqueue_jobs, finalize_job, range_job
+
+__all__ = ["Enqueued", "download_id", "enqueue", "resolve_target"]
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = 30.0  # seconds to wait for another producer enqueuing the same file
+_ACTIVE = (DownloadState.QUEUED, DownloadState.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What ``enqueue()`` did: the download's id and file, and how many jobs it added."""
+
+    id: str
+    path: Path
+    size: int
+    added: int
+    state: DownloadState
+
+
+def download_id(url: str, path: str) -> str:
+    """The id of the download of ``url`` to ``path`` (relative to the download directory)."""
+    return hashlib.sha256(f"{url}\n{path}".encode()).hexdigest()[:16]
+
+
+def resolve_target(
+    base: Path,
+    remote: RemoteFile | None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    directory: str | os.PathLike[str] | None = None,
+) -> Path | None:
+    """The absolute final path of a download, inside ``base``.
+
+    ``output`` is taken relative to ``base``; ``directory`` must lie inside
+    ``base`` and gets the name the server suggests.  Without ``remote`` (not
+    probed yet) only what can be checked is checked, and ``None`` is returned
+    unless ``output`` settles the path.
+
+    Raises:
+        UsageError: both ``output`` and ``directory`` are given.
+        UnsafePathError: the path or directory lies outside ``base``.
+    """
+    if output is not None and directory is not None:
+        raise UsageError("use either -o PATH or -d DIR, not both")
+    base = base.resolve()
+    if output is not None:
+        return resolve_output(base, output, confine=True)
+    folder = base
+    if directory is not None:
+        folder = (base / directory).resolve()
+        if not folder.is_relative_to(base):
+            raise UnsafePathError(f"directory {str(directory)!r} is outside the download directory {base}")
+    if remote is None:
+        return None
+    return resolve_output(folder, None, candidates=output_candidates(remote), confine=True)
+
+
+async def enqueue(
+    url: str,
+    *,
+    settings: Settings,
+    redis: Redis,
+    output: str | os.PathLike[str] | None = None,
+    directory: str | os.PathLike[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    checksum: Checksum | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> Enqueued:
+    """Record the download of ``url`` and enqueue the jobs it still needs.
+
+    Args:
+        url: an http:// or https:// URL of a server that supports ranges.
+        settings: download directory, queue name, connections, chunk size.
+        redis: the Redis holding the queue and the download records.
+        output: the file, relative to ``settings.download_dir``.
+        directory: a folder inside the download directory; the server names the file.
+        headers: request headers; stored apart from the record, never shown.
+        checksum: a digest the finalizer verifies the file against.
+        client: an httpx client for the probe instead of one from ``settings``.
+
+    Raises:
+        UsageError: a bad URL or flag.
+        UnsafePathError: the output lies outside the download directory.
+        PermanentError: the server cannot serve ranges; UnknownSizeError: no size.
+        DownloadError: the probe failed, or the file cannot be created.
+        QueueError: Redis failed.
+    """
+    check_url(url)
+    base = settings.download_dir.resolve()
+    resolve_target(base, None, output=output, directory=directory)  # fail fast, before the network
+    headers = dict(headers or {})
+    remote = await _probe(url, settings, headers, client)
+    size = _distributable_size(remote)
+    final = resolve_target(base, remote, output=output, directory=directory)
+    assert final is not None
+    path = final.relative_to(base).as_posix()
+    did = download_id(url, path)
+    store = Store(redis)
+
+    state = await store.state(did)
+    if state is DownloadState.VERIFYING or (state is DownloadState.COMPLETE and await _exists(final)):
+        log.info("download %s is %s; nothing to enqueue", did, state.value)
+        return Enqueued(did, final, size, 0, state)
+    if state in _ACTIVE:
+        return await _enqueue_missing(store, settings, did, final)
+    async with _locked(PartFile(final).part) as fd:
+        state = await store.state(did)  # another producer may have been first
+        if state is not None and not state.finished:
+            return await _enqueue_missing(store, settings, did, final)
+        chunk = settings.chunk_size or choose_chunk_size(size, settings.connections)
+        current = await store.spec(did)
+        keep = False
+        if current is not None and state is not DownloadState.COMPLETE:
+            why = _mismatch(current, remote)
+            keep = why is None and await asyncio.to_thread(_size_of, fd) == size
+            if keep:
+                chunk = current.chunk_size
+            else:
+                log.warning("download %s starts over: %s", did, why or "its .part file is missing")
+        if not keep:
+            await asyncio.to_thread(_allocate, fd, size)
+        spec = DownloadSpec(
+            id=did,
+            url=url,
+            final_url=remote.final_url,
+            size=size,
+            path=path,
+            chunk_size=chunk,
+            ranges=len(plan_ranges(size, chunk)),
+            connections=settings.connections,
+            etag=remote.etag,
+            last_modified=remote.last_modified,
+            checksum=str(checksum) if checksum else None,
+            headers=headers,
+        )
+        if current is None and await store.create(spec):
+            state = DownloadState.QUEUED
+        else:
+            await store.update_spec(spec)
+            if not keep:
+                await store.forget_ranges(did)
+            status = await store.status(did)
+            await store.reset_for_resume(did, resumed=status["completedLength"] if status else 0)
+            await store.set_state(did, DownloadState.QUEUED)
+            state = DownloadState.QUEUED
+        added = await _enqueue_todo(store, settings, spec)
+    log.info("download %s of %s to %s: %d jobs enqueued", did, redact_url(url), path, added)
+    return Enqueued(did, final, size, added, state)
+
+
+async def _enqueue_missing(store: Store, settings: Settings, did: str, final: Path) -> Enqueued:
+    """Enqueue what an active download lacks (a job lost with a worker, say), touching nothing else."""
+    spec = await store.spec(did)
+    state = await store.state(did)
+    if spec is None or state is None:
+        raise DownloadError(f"download {did} vanished while it was being enqueued")
+    added = await _enqueue_todo(store, settings, spec)
+    log.info("download %s is %s: %d missing jobs enqueued", did, state.value, added)
+    return Enqueued(did, final, spec.size, added, state)
+
+
+async def _enqueue_todo(store: Store, settings: Settings, spec: DownloadSpec) -> int:
+    """Enqueue the ranges of ``spec`` that are not done, or the finalizer when all are."""
+    done = await store.done_ranges(spec.id)
+    todo = plan_ranges(spec.size, spec.chunk_size, skip=done)
+    jobs: list[Job] = [range_job(spec.id, r) for r in todo] or [finalize_job(spec.id)]
+    done_key = keys.download_key(spec.id, "done")
+    return await enqueue_jobs(store.redis, settings.queue_name, jobs, done_key=done_key)
+
+
+async def _probe(url: str, settings: Settings, headers: dict[str, str], client: httpx.AsyncClient | None) -> RemoteFile:
+    http = client or make_client(settings)
+    try:
+        return await probe(http, url, headers=headers, backoff=Backoff(settings.retry))
+    finally:
+        if client is None:
+            await http.aclose()
+
+
+def _distributable_size(remote: RemoteFile) -> int:
+    """The size of a file the workers can fetch in ranges.
+
+    Raises:
+        UnknownSizeError: the server does not say how large the file is.
+        PermanentError: the server ignores ``Range``.
+    """
+    url = redact_url(remote.url)
+    hint = "download it with `rangefetch get` without Redis (embedded mode)"
+    if remote.size is None:
+        raise UnknownSizeError(f"{url} has no known size, so it cannot be split among workers; {hint}", url=url)
+    if remote.size > 0 and not remote.ranges:
+        raise PermanentError(f"{url} does not support range requests, so it cannot be distributed; {hint}", url=url)
+    return remote.size
+
+
+def _mismatch(spec: DownloadSpec, remote: RemoteFile) -> str | None:
+    """Why the recorded download cannot be resumed onto ``remote``, or ``None`` if it can."""
+    if remote.size != spec.size:
+        return f"size changed from {spec.size} to {remote.size} bytes"
+    if not (spec.etag or spec.last_modified):
+        return "the server gives no ETag or Last-Modified to check the file against"
+    if spec.etag != remote.etag:
+        return "the ETag changed"
+    if spec.last_modified != remote.last_modified:
+        return "Last-Modified changed"
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _locked(part: Path, *, timeout: float = LOCK_TIMEOUT) -> AsyncIterator[int]:
+    """Open (creating) ``part`` and hold an exclusive lock on it: one producer at a time per file.
+
+    Raises:
+        DownloadError: the file cannot be created, or stays locked for ``timeout`` seconds.
+    """
+    fd = await asyncio.to_thread(_open, part)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DownloadError(f"{part} stays locked by another rangefetch") from None
+                await asyncio.sleep(0.1)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open(part: Path) -> int:
+    try:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        # Never through a symlink: truncating its target would clobber a file elsewhere.
+        return os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise DownloadError(f"cannot create {part}: {exc.strerror}") from exc
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Empty the file and give it ``size`` bytes, so workers can write anywhere in it."""
+    try:
+        os.ftruncate(fd, 0)
+        allocate(fd, size)
+        os.fsync(fd)
+    except OSError as exc:
+        raise DownloadError(f"cannot allocate {size} bytes: {exc.strerror}") from exc
+
+
+def _size_of(fd: int) -> int:
+    return os.fstat(fd).st_size
+
+
+async def _exists(path: Path) -> bool:
+    return await asyncio.to_thread(path.is_file)

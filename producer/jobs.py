@@ -1,0 +1,217 @@
+"""Writing arq jobs in bulk, in a fair order, and taking queued ones back out.
+
+Bulk
+----
+arq's ``ArqRedis.enqueue_job`` costs three round trips a job (WATCH and
+EXISTS, then MULTI/EXEC), so a 10,000-range download would take 30,000 round
+trips to enqueue.  ``enqueue_jobs`` writes the same keys arq writes,
+``arq:job:<id>`` (``serialize_job``'s pickle, with an expiry) plus a ZADD to
+the queue, from one Lua script per batch of ``BATCH`` jobs: one round trip
+per thousand jobs, and each batch is atomic.
+
+Like ``enqueue_job`` with a ``_job_id``, a job whose ``arq:job:`` key exists
+(queued, or running right now) is skipped.  Unlike it, an ``arq:result:`` key
+does not block a job: the caller only asks for ranges that are not in the
+download's ``done`` set (checked again inside the script, so a range that
+finishes while we enqueue is not fetched twice), and a range that is not done
+must run again whatever an earlier try left as its result.  Old result and
+retry counters are deleted so the new job starts at try 1.
+
+Fair scores
+-----------
+arq workers poll ``ZRANGEBYSCORE queue -inf now`` and take jobs in score
+order; the score is the time (unix ms) from which a job may run, and
+``enqueue_job`` scores every job "now".  With that, a small download enqueued
+behind a 10,000-range one waits until every one of those ranges has been
+taken: one huge download starves everything after it.
+
+So the k-th job of a download gets the score ``head + k`` (``fair_scores``),
+where ``head = min(now_ms, lowest score in the queue)`` (``queue_head``).
+Two downloads then hold the scores ``head, head+1, head+2, ...`` in turn and
+the workers alternate between them; a third that comes later starts from the
+queue's head as it is then, so it interleaves with what is left of the
+others.  Jobs of one download keep their order (low offsets first, which
+suits players and ``tail``).  Equal scores sort by job id, which does not
+matter.  The price: a download enqueued into an empty queue has its k-th
+range due k milliseconds from now; 10,000 ranges spread over 10 s, far less
+than the time the workers need to take them.  Retries are scored by arq
+itself (``now + defer``) and go behind whatever is waiting.
+
+Job keys expire ``JOB_TTL_MS`` after their score rather than arq's one day: a
+range may wait in a long queue for longer than that, and an expired job would
+be a range that is never fetched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from rangefetch import QueueError, Range
+from rangefetch.keys import finalize_job_id, range_job_id
+
+__all__ = [
+    "BATCH",
+    "FETCH_RANGE",
+    "FINALIZE",
+    "JOB_TTL_MS",
+    "Job",
+    "enqueue_jobs",
+    "fair_scores",
+    "finalize_job",
+    "queue_head",
+    "range_job",
+    "remove_jobs",
+]
+
+FETCH_RANGE = "fetch_range"
+FINALIZE = "finalize"
+BATCH = 1000
+JOB_TTL_MS = 7 * 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One arq job to enqueue: its id, function and primitive arguments.
+
+    ``done_member`` names the range (``"start-end"``) whose presence in the
+    download's ``done`` set makes the job unnecessary; ``None`` for the finalizer.
+    """
+
+    id: str
+    function: str
+    args: tuple[str | int, ...]
+    done_member: str | None = None
+
+    def payload(self, enqueue_time_ms: int) -> bytes:
+        """The job as arq stores it at ``arq:job:<id>``."""
+        return serialize_job(self.function, self.args, {}, None, enqueue_time_ms)
+
+
+def range_job(download_id: str, rng: Range) -> Job:
+    """The ``fetch_range(download_id, start, end)`` job of one range."""
+    return Job(range_job_id(download_id, rng.start, rng.end), FETCH_RANGE, (download_id, rng.start, rng.end), str(rng))
+
+
+def finalize_job(download_id: str) -> Job:
+    """The ``finalize(download_id)`` job that verifies and renames the file."""
+    return Job(finalize_job_id(download_id), FINALIZE, (download_id,))
+
+
+def now_ms() -> int:
+    """The current time as arq scores it."""
+    return round(time.time() * 1000)
+
+
+def fair_scores(head: int, count: int) -> list[int]:
+    """Scores for a download's ``count`` jobs: one a millisecond from ``head``."""
+    return [head + k for k in range(count)]
+
+
+async def queue_head(redis: Redis, queue: str, *, now: int | None = None) -> int:
+    """``min(now, lowest score in queue)``: where a new download's jobs start.
+
+    Raises:
+        QueueError: Redis failed.
+    """
+    now = now_ms() if now is None else now
+    try:
+        first = await redis.zrange(queue, 0, 0, withscores=True)
+    except RedisError as exc:
+        raise QueueError(f"cannot read the queue {queue}: {exc}") from exc
+    return min(now, int(first[0][1])) if first else now
+
+
+# KEYS[1] the queue, KEYS[2] the download's done set.
+# ARGV: job prefix, result prefix, retry prefix, now ms, TTL ms, then
+# (id, done member or '', score, payload) per job.
+_ENQUEUE = """
+local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local added = 0
+for i = 6, #ARGV, 4 do
+  local id, member, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local job_key = ARGV[1] .. id
+  if (member == '' or redis.call('SISMEMBER', KEYS[2], member) == 0) and redis.call('EXISTS', job_key) == 0 then
+    redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
+    local px = math.max(tonumber(score) - now, 0) + ttl
+    redis.call('SET', job_key, ARGV[i + 3], 'PX', string.format('%d', px))
+    redis.call('ZADD', KEYS[1], score, id)
+    added = added + 1
+  end
+end
+return added
+"""
+
+# KEYS[1] the queue.  ARGV: job prefix, in-progress prefix, retry prefix, then job ids.
+_REMOVE = """
+local removed = 0
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
+    removed = removed + redis.call('ZREM', KEYS[1], id)
+    redis.call('DEL', ARGV[1] .. id, ARGV[3] .. id)
+  end
+end
+return removed
+"""
+
+
+async def enqueue_jobs(
+    redis: Redis,
+    queue: str,
+    jobs: Sequence[Job],
+    *,
+    done_key: str,
+    head: int | None = None,
+    now: int | None = None,
+    batch: int = BATCH,
+) -> int:
+    """Put ``jobs`` on ``queue`` with fair scores from ``head``; returns how many were added.
+
+    Jobs already queued or running, and ranges already in ``done_key``, are
+    skipped, so calling this again is harmless.
+
+    Raises:
+        QueueError: Redis failed (batches written before the failure stay).
+    """
+    now = now_ms() if now is None else now
+    if head is None:
+        head = await queue_head(redis, queue, now=now)
+    script = redis.register_script(_ENQUEUE)
+    scores = fair_scores(head, len(jobs))
+    prefix = [job_key_prefix, result_key_prefix, retry_key_prefix, str(now), str(JOB_TTL_MS)]
+    added = 0
+    try:
+        for first in range(0, len(jobs), batch):
+            args: list[Any] = list(prefix)
+            for job, score in zip(jobs[first : first + batch], scores[first : first + batch], strict=True):
+                args += [job.id, job.done_member or "", str(score), job.payload(now)]
+            added += int(await script(keys=[queue, done_key], args=args))
+    except RedisError as exc:
+        raise QueueError(f"cannot enqueue jobs on {queue}: {exc}") from exc
+    return added
+
+
+async def remove_jobs(redis: Redis, queue: str, job_ids: Iterable[str], *, batch: int = BATCH) -> int:
+    """Take the jobs ``job_ids`` off ``queue`` unless a worker is running them; returns how many went.
+
+    Raises:
+        QueueError: Redis failed.
+    """
+    script = redis.register_script(_REMOVE)
+    ids = list(job_ids)
+    removed = 0
+    try:
+        for first in range(0, len(ids), batch):
+            args = [job_key_prefix, in_progress_key_prefix, retry_key_prefix, *ids[first : first + batch]]
+            removed += int(await script(keys=[queue], args=args))
+    except RedisError as exc:
+        raise QueueError(f"cannot remove jobs from {queue}: {exc}") from exc
+    return removed

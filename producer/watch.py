@@ -1,0 +1,107 @@
+"""Live progress of distributed downloads: ``rangefetch status --watch``.
+
+On a terminal, one rich progress bar per download; elsewhere (logs, pipes),
+a status line per download every few seconds; with ``--json``, one JSON
+record per download and poll (JSON lines).  Watching ends when every watched
+download is finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from rangefetch.state import DownloadState
+from rangefetch.store import Store
+
+from .monitor import POLL_INTERVAL, format_status, statuses
+
+__all__ = ["watch"]
+
+PLAIN_INTERVAL = 5.0  # seconds between plain status lines
+
+
+async def watch(
+    store: Store,
+    ids: Sequence[str],
+    *,
+    stream: TextIO,
+    as_json: bool = False,
+    interval: float = POLL_INTERVAL,
+) -> list[dict[str, Any]]:
+    """Show the downloads ``ids`` (all when empty) until all are finished; returns their last records.
+
+    Raises:
+        UsageError: an id is unknown.
+        QueueError: Redis failed.
+    """
+    if as_json:
+        return await _json_lines(store, ids, stream, interval)
+    if stream.isatty():
+        return await _bars(store, ids, stream, interval)
+    return await _lines(store, ids, stream, max(interval, PLAIN_INTERVAL))
+
+
+def _all_finished(records: list[dict[str, Any]]) -> bool:
+    return all(DownloadState(r["state"]).finished for r in records)
+
+
+async def _json_lines(store: Store, ids: Sequence[str], stream: TextIO, interval: float) -> list[dict[str, Any]]:
+    while True:
+        records = await statuses(store, ids)
+        for record in records:
+            print(json.dumps(record, sort_keys=True), file=stream, flush=True)
+        if _all_finished(records):
+            return records
+        await asyncio.sleep(interval)
+
+
+async def _lines(store: Store, ids: Sequence[str], stream: TextIO, interval: float) -> list[dict[str, Any]]:
+    while True:
+        records = await statuses(store, ids)
+        for record in records:
+            print(format_status(record).splitlines()[0], file=stream, flush=True)
+        if _all_finished(records):
+            return records
+        await asyncio.sleep(interval)
+
+
+async def _bars(store: Store, ids: Sequence[str], stream: TextIO, interval: float) -> list[dict[str, Any]]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[ranges]}"),
+    )
+    tasks: dict[str, TaskID] = {}
+    with Progress(*columns, console=Console(file=stream), transient=False) as bar:
+        while True:
+            records = await statuses(store, ids)
+            for r in records:
+                label = f"{r['gid']} {r['state']:<9}"
+                ranges = f"{r['rangesDone']}/{r['numPieces']} ranges, {r['rangesInFlight']} in flight"
+                if r["rangesFailed"]:
+                    ranges += f", {r['rangesFailed']} failed"
+                if r["gid"] not in tasks:
+                    tasks[r["gid"]] = bar.add_task(label, total=r["totalLength"], ranges=ranges, start=True)
+                bar.update(tasks[r["gid"]], description=label, completed=r["completedLength"], ranges=ranges)
+            if _all_finished(records):
+                return records
+            await asyncio.sleep(interval)

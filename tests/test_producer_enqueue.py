@@ -1,0 +1,195 @@
+"""The producer's enqueue (producer/enqueue.py): fakeredis plus the real range server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+from arq.constants import job_key_prefix
+from rangeserver import RangeServer
+
+from producer.enqueue import download_id, enqueue, resolve_target
+from rangefetch import (
+    Checksum,
+    PermanentError,
+    Settings,
+    UnknownSizeError,
+    UnsafePathError,
+    UsageError,
+)
+from rangefetch.keys import download_key
+from rangefetch.state import DownloadState
+from rangefetch.store import Store
+
+DATA = os.urandom(10 * 1024 + 7)  # 11 ranges of 1 KiB
+QUEUE = Settings.model_fields["queue_name"].default
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+    r = fakeredis.FakeAsyncRedis()
+    yield r
+    await r.aclose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(download_dir=tmp_path / "dl", chunk_size=1024, connections=4)
+
+
+@pytest.fixture
+def url(server: RangeServer) -> str:
+    server.add_file("data.bin", DATA)
+    return server.url("data.bin")
+
+
+async def queued(redis: fakeredis.FakeAsyncRedis) -> list[str]:
+    return [m.decode() for m in await redis.zrange(QUEUE, 0, -1)]
+
+
+async def test_new_download(redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str) -> None:
+    result = await enqueue(
+        url, settings=settings, redis=redis, headers={"Authorization": "Bearer s3cret"},
+        checksum=Checksum("sha256", hashlib.sha256(DATA).hexdigest()),
+    )  # fmt: skip
+    assert result.id == hashlib.sha256(f"{url}\ndata.bin".encode()).hexdigest()[:16] == download_id(url, "data.bin")
+    assert result.path == (settings.download_dir / "data.bin").resolve()
+    assert (result.size, result.added, result.state) == (len(DATA), 11, DownloadState.QUEUED)
+    part = result.path.with_name("data.bin.part")
+    assert part.stat().st_size == len(DATA)
+    spec = await Store(redis).spec(result.id)
+    assert spec is not None
+    assert (spec.path, spec.size, spec.chunk_size, spec.ranges) == ("data.bin", len(DATA), 1024, 11)
+    assert spec.connections == 4
+    assert spec.headers == {"Authorization": "Bearer s3cret"}
+    assert spec.checksum == f"sha256={hashlib.sha256(DATA).hexdigest()}"
+    fields = await redis.hgetall(download_key(result.id))
+    assert b"s3cret" not in b"".join([*fields.keys(), *fields.values()])
+    ids = await queued(redis)
+    assert ids[0] == f"{result.id}:0-1023" and ids[-1] == f"{result.id}:10240-10246" and len(ids) == 11
+
+
+async def test_enqueue_again_is_idempotent(redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str) -> None:
+    first = await enqueue(url, settings=settings, redis=redis)
+    again = await enqueue(url, settings=settings, redis=redis)
+    assert again.id == first.id and again.added == 0 and again.state is DownloadState.QUEUED
+    assert len(await queued(redis)) == 11
+
+
+async def test_resume_enqueues_only_missing(redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str) -> None:
+    first = await enqueue(url, settings=settings, redis=redis)
+    store = Store(redis)
+    part = first.path.with_name("data.bin.part")
+    with open(part, "r+b") as f:  # pretend a worker wrote the first two ranges
+        f.write(DATA[:2048])
+    for r in ("0-1023", "1024-2047"):
+        await redis.sadd(download_key(first.id, "done"), r)
+        await redis.hset(download_key(first.id, "progress"), r, "1024")
+    await store.set_state(first.id, DownloadState.CANCELLED)
+    await redis.delete(QUEUE, *(job_key_prefix + i for i in await queued(redis)))
+
+    again = await enqueue(url, settings=settings, redis=redis)
+    assert again.id == first.id and again.added == 9
+    assert f"{first.id}:0-1023" not in await queued(redis)
+    assert part.read_bytes()[:2048] == DATA[:2048]  # kept
+    assert await store.state(first.id) is DownloadState.QUEUED
+    assert (await redis.hget(download_key(first.id), "resumed")) == b"2048"
+
+
+async def test_changed_remote_starts_over(
+    redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str, server: RangeServer
+) -> None:
+    first = await enqueue(url, settings=settings, redis=redis)
+    old_etag = await redis.hget(download_key(first.id), "etag")
+    await redis.sadd(download_key(first.id, "done"), "0-1023")
+    await Store(redis).set_state(first.id, DownloadState.FAILED, error="boom")
+    part = first.path.with_name("data.bin.part")
+    part.write_bytes(b"x" * len(DATA))
+    server.add_file("data.bin", bytes(reversed(DATA)))  # a new version: new ETag
+    again = await enqueue(url, settings=settings, redis=redis)
+    assert again.id == first.id
+    assert not await redis.smembers(download_key(first.id, "done"))
+    assert part.read_bytes() == bytes(len(DATA))  # reallocated: zeros
+    assert (await redis.hget(download_key(first.id), "error")) is None
+    assert old_etag and (await redis.hget(download_key(first.id), "etag")) not in (None, old_etag)
+
+
+async def test_dropped_facts_do_not_linger(redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str) -> None:
+    checksum = Checksum("sha256", hashlib.sha256(DATA).hexdigest())
+    first = await enqueue(url, settings=settings, redis=redis, checksum=checksum)
+    await Store(redis).set_state(first.id, DownloadState.CANCELLED)
+    await enqueue(url, settings=settings, redis=redis)  # resumed without --checksum
+    spec = await Store(redis).spec(first.id)
+    assert spec is not None and spec.checksum is None and spec.etag is not None
+
+
+async def test_complete_download_is_left_alone(redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str) -> None:
+    first = await enqueue(url, settings=settings, redis=redis)
+    store = Store(redis)
+    await store.set_state(first.id, DownloadState.VERIFYING)
+    await store.set_state(first.id, DownloadState.COMPLETE)
+    first.path.with_name("data.bin.part").rename(first.path)
+    await redis.delete(QUEUE, *(job_key_prefix + i for i in await queued(redis)))
+    again = await enqueue(url, settings=settings, redis=redis)
+    assert (again.id, again.added, again.state) == (first.id, 0, DownloadState.COMPLETE)
+    assert not first.path.with_name("data.bin.part").exists()
+    # Once the file is gone, enqueuing downloads it again.
+    first.path.unlink()
+    third = await enqueue(url, settings=settings, redis=redis)
+    assert (third.added, third.state) == (11, DownloadState.QUEUED)
+
+
+async def test_empty_file_enqueues_only_finalizer(
+    redis: fakeredis.FakeAsyncRedis, settings: Settings, server: RangeServer
+) -> None:
+    server.add_file("empty", b"")
+    result = await enqueue(server.url("empty"), settings=settings, redis=redis)
+    assert await queued(redis) == [f"{result.id}:finalize"]
+    assert result.path.with_name("empty.part").stat().st_size == 0
+
+
+@pytest.mark.parametrize(("fault", "error"), [("norange", PermanentError), ("nolength", UnknownSizeError)])
+async def test_undistributable_servers_are_refused(
+    redis: fakeredis.FakeAsyncRedis, settings: Settings, server: RangeServer, fault: str, error: type
+) -> None:
+    server.add_file("plain", DATA)
+    with pytest.raises(error, match="embedded") as info:
+        await enqueue(server.url("plain", **{fault: 1}), settings=settings, redis=redis)
+    assert info.value.exit_code == 1
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("output", "directory"),
+    [("../x", None), ("/etc/x", None), ("a/../../x", None), (None, "/tmp"), (None, "..")],
+)
+async def test_paths_outside_are_refused(
+    redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str, output: str | None, directory: str | None
+) -> None:
+    with pytest.raises(UnsafePathError) as info:
+        await enqueue(url, settings=settings, redis=redis, output=output, directory=directory)
+    assert info.value.exit_code == 2
+    assert await redis.dbsize() == 0
+
+
+async def test_paths_inside(redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str, server: RangeServer) -> None:
+    base = settings.download_dir.resolve()
+    a = await enqueue(url, settings=settings, redis=redis, output="sub/out.bin")
+    assert a.path == base / "sub" / "out.bin"
+    b = await enqueue(url, settings=settings, redis=redis, directory="folder")
+    assert b.path == base / "folder" / "data.bin"
+    c = await enqueue(url, settings=settings, redis=redis, output=str(base / "abs.bin"))
+    assert c.path == base / "abs.bin"
+    evil = await enqueue(server.url("data.bin", cd="../../evil.sh"), settings=settings, redis=redis)
+    assert evil.path == base / "evil.sh"
+    assert len({a.id, b.id, c.id, evil.id}) == 4
+
+
+def test_resolve_target_needs_one_of_output_or_dir(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not both"):
+        resolve_target(tmp_path, None, output="a", directory="b")
+    assert resolve_target(tmp_path, None, directory="b") is None

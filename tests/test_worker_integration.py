@@ -1,0 +1,333 @@
+"""Distributed downloads with real ``rangefetch worker`` processes, a real Redis and the range server.
+
+Every download is checked by the sha256 of the final file against the
+source.  Test timings are short through the environment: a 2 s lease (so a
+SIGKILLed worker's range is redone 2 s later), 0.2 s checkpoints, fast
+retries.  Rate-limited URLs (``rate=BPS`` per request) keep ranges in
+flight long enough to kill, stop or restart things mid-download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from arq.connections import ArqRedis
+from distributed_helpers import (
+    WorkerProcess,
+    arq_pool,
+    file_sha256,
+    quick_settings,
+    sha256,
+    start_download,
+    wait_finished,
+    wait_for,
+    worker_env,
+)
+from rangeserver import RangeServer
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redisserver import RedisServer
+
+from rangefetch import keys, plan_ranges
+from rangefetch.connections import redis_settings
+from rangefetch.plan import Range
+from rangefetch.state import DownloadState
+from rangefetch.store import DownloadSpec, Store
+from worker.cli import serve
+
+pytestmark = pytest.mark.redis
+
+KiB = 1024
+DATA = os.urandom(800 * KiB)
+SHA = sha256(DATA)
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def download_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "downloads"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+async def pool(redis_url: str) -> AsyncIterator[ArqRedis]:
+    p = await arq_pool(redis_url)
+    yield p
+    await p.aclose()
+
+
+@pytest.fixture
+def start_worker(redis_url: str, download_dir: Path, tmp_path: Path) -> Iterator[StartWorker]:
+    """Start ``rangefetch worker`` processes; all are stopped (and their logs shown) at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, **env: str) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        proc = WorkerProcess(worker_env(redis_url, download_dir, **env), log, *args)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+        print(f"---- {proc.log.name} ----\n{proc.output()[-4000:]}")
+
+
+async def progressed(store: Store, spec: DownloadSpec, *, at_least: int = 1) -> bool:
+    """Whether ``at_least`` ranges have recorded some (not all) of their bytes."""
+    ranges = plan_ranges(spec.size, spec.chunk_size)
+    partial = 0
+    for rng in ranges:
+        done = await store.progress(spec.id, rng)
+        partial += 0 < done < rng.length
+    return partial >= at_least
+
+
+async def check_complete(store: Store, spec: DownloadSpec, directory: Path, data: bytes = DATA) -> None:
+    status = await store.status(spec.id)
+    assert status is not None
+    assert status["state"] == "complete", status["errorMessage"]
+    assert status["completedLength"] == status["totalLength"] == len(data)
+    assert status["rangesDone"] == spec.ranges
+    assert status["sha256"] == sha256(data)
+    assert file_sha256(directory / spec.path) == sha256(data)
+    assert not (directory / (spec.path + ".part")).exists()
+
+
+def range_offsets(server: RangeServer, name: str) -> list[tuple[int, int]]:
+    """(first, last) byte of every ranged GET the server saw for ``name``."""
+    out = []
+    for rec in server.requests_for(name):
+        value = rec.headers.get("range")
+        if rec.method == "GET" and value and value != "bytes=0-0":
+            first, _, last = value.removeprefix("bytes=").partition("-")
+            out.append((int(first), int(last)))
+    return out
+
+
+def assert_resumed_exactly(server: RangeServer, name: str, seen: int, recorded: dict[Range, int]) -> None:
+    """After the first ``seen`` requests, each range was asked for from exactly its recorded progress."""
+    first_requests: dict[Range, int] = {}
+    for first_byte, last in range_offsets(server, name)[seen:]:
+        rng = next(r for r in recorded if r.end == last)
+        first_requests.setdefault(rng, first_byte)
+    for rng, done in recorded.items():
+        if done < rng.length:
+            assert first_requests[rng] == rng.start + done, rng
+        else:
+            assert rng not in first_requests, rng
+
+
+async def test_two_workers_download_one_file(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
+) -> None:
+    server.add_file("plain", DATA)
+    spec = await start_download(pool, server.url("plain"), download_dir, chunk_size=64 * KiB)
+    start_worker("--concurrency", "4")
+    start_worker("--concurrency", "4")
+    store = Store(pool)
+    assert await wait_finished(store, spec.id) is DownloadState.COMPLETE
+    await check_complete(store, spec, download_dir)
+    assert len(await store.workers()) == 2
+
+
+async def test_sigkilled_worker_range_is_redone_from_its_progress(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
+) -> None:
+    server.add_file("kill", DATA)
+    url = server.url("kill", rate=100 * KiB)  # each 100 KiB range takes about a second
+    spec = await start_download(pool, url, download_dir, chunk_size=100 * KiB)
+    store = Store(pool)
+    victim = start_worker("--concurrency", "8")
+    await wait_for(lambda: progressed(store, spec, at_least=4), timeout=15)
+    victim.signal(signal.SIGKILL)
+    victim.proc.wait()
+    recorded = {r: await store.progress(spec.id, r) for r in plan_ranges(spec.size, spec.chunk_size)}
+    seen = len(range_offsets(server, "kill"))
+    killed_at = time.monotonic()
+    start_worker("--concurrency", "8")
+    assert await wait_finished(store, spec.id, timeout=20) is DownloadState.COMPLETE
+    assert time.monotonic() - killed_at < 15  # lease (2 s) + startup + the rest of the bytes
+    await check_complete(store, spec, download_dir)
+    assert_resumed_exactly(server, "kill", seen, recorded)
+
+
+async def test_sigterm_loses_and_double_counts_nothing(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
+) -> None:
+    server.add_file("term", DATA)
+    url = server.url("term", rate=100 * KiB)
+    spec = await start_download(pool, url, download_dir, chunk_size=100 * KiB)
+    store = Store(pool)
+    first = start_worker("--concurrency", "8")
+    await wait_for(lambda: progressed(store, spec, at_least=4), timeout=15)
+    first.signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=10) == 0
+    assert "will be run again" in first.output()
+    ranges = plan_ranges(spec.size, spec.chunk_size)
+    recorded = {r: await store.progress(spec.id, r) for r in ranges}
+    part = (download_dir / (spec.path + ".part")).read_bytes()
+    for rng, done in recorded.items():  # every recorded byte is on disk and right
+        assert part[rng.start : rng.start + done] == DATA[rng.start : rng.start + done]
+    assert await store.state(spec.id) is DownloadState.RUNNING
+    assert await pool.hlen(keys.download_key(spec.id, "inflight")) == 0
+    seen = len(range_offsets(server, "term"))
+
+    start_worker("--concurrency", "8")
+    assert await wait_finished(store, spec.id) is DownloadState.COMPLETE
+    await check_complete(store, spec, download_dir)
+    assert_resumed_exactly(server, "term", seen, recorded)
+
+
+async def test_workers_ride_out_a_redis_restart(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker, redis_server: RedisServer
+) -> None:
+    server.add_file("restart", DATA)
+    url = server.url("restart", rate=200 * KiB)
+    spec = await start_download(pool, url, download_dir, chunk_size=50 * KiB)
+    store = Store(pool)
+    start_worker("--concurrency", "2")
+    start_worker("--concurrency", "2")
+    await wait_for(lambda: progressed(store, spec, at_least=2), timeout=15)
+    await asyncio.to_thread(redis_server.restart, down_for=1.0)
+    assert await wait_finished(store, spec.id, timeout=30) is DownloadState.COMPLETE
+    await check_complete(store, spec, download_dir)
+
+
+async def test_a_changed_remote_file_fails_the_download(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, redis_url: str
+) -> None:
+    server.add_file("changing", DATA)
+    url = server.url("changing", etag_change_after=3)  # the probe and two ranges see the old file
+    spec = await start_download(pool, url, download_dir, chunk_size=64 * KiB)
+    await serve(quick_settings(redis_url, download_dir), burst=True, handle_signals=False)
+    data = await Store(pool).get(spec.id)
+    assert data is not None and data["state"] == "failed"
+    assert "changed" in data["error"] and "\n" not in data["error"]
+    assert not (download_dir / spec.path).exists()
+
+
+async def test_a_range_that_fails_verification_is_fetched_again(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, redis_url: str
+) -> None:
+    server.add_file("verify", DATA)
+    spec = await start_download(pool, server.url("verify"), download_dir, chunk_size=100 * KiB)
+    store = Store(pool)
+    settings = quick_settings(redis_url, download_dir)
+    assert await store.claim_finalizer(spec.id, ttl=60)  # hold the finalizer back
+    await serve(settings, burst=True, handle_signals=False)
+    assert await store.done_count(spec.id) == spec.ranges
+    bad = plan_ranges(spec.size, spec.chunk_size)[3]
+    with open(download_dir / (spec.path + ".part"), "r+b") as f:
+        f.seek(bad.start + 1000)
+        f.write(bytes(b ^ 0xFF for b in DATA[bad.start + 1000 : bad.start + 1100]))
+    await store.release_finalizer(spec.id)
+    await pool.enqueue_job("finalize", spec.id, _job_id=keys.finalize_job_id(spec.id))
+    await serve(settings, burst=True, handle_signals=False)
+    await check_complete(store, spec, download_dir)
+    assert await pool.hget(keys.download_key(spec.id, "redo"), str(bad)) == b"1"
+    assert range_offsets(server, "verify").count((bad.start, bad.end)) == 2
+
+
+async def test_per_host_cap_holds_across_the_cluster(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
+) -> None:
+    server.add_file("capped", DATA)
+    # Every response waits 0.1 s before its headers (not ``rate``, whose last
+    # pause comes after the last byte and would overlap the next request).
+    url = server.url("capped", slow_headers=0.1, times=1000)
+    spec = await start_download(pool, url, download_dir, chunk_size=32 * KiB)
+    server.reset()
+    start_worker("--concurrency", "8", RANGEFETCH_PER_HOST_CONNECTIONS="3")
+    start_worker("--concurrency", "8", RANGEFETCH_PER_HOST_CONNECTIONS="3")
+    store = Store(pool)
+    assert await wait_finished(store, spec.id) is DownloadState.COMPLETE
+    await check_complete(store, spec, download_dir)
+    assert 2 <= server.max_concurrent <= 3
+
+
+async def test_a_small_download_is_not_starved_by_a_big_one(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
+) -> None:
+    # Two connections to the host.  The big download's ranges take 2 s and
+    # yield their slot every 0.5 s (the job budget), then come back at the
+    # head of the queue.  Without fair shares they would take the slot right
+    # back every time and the small download would wait for a big range to
+    # finish; with them, the waiting small download gets the next one.
+    big_data, small_data = DATA[: 256 * KiB], os.urandom(32 * KiB)
+    server.add_file("big", big_data)
+    server.add_file("small", small_data)
+    big_url, small_url = server.url("big", rate=64 * KiB), server.url("small", rate=128 * KiB)
+    big = await start_download(pool, big_url, download_dir, name="big", chunk_size=128 * KiB)
+    small = await start_download(pool, small_url, download_dir, name="small", chunk_size=32 * KiB)
+    start_worker("--concurrency", "8", RANGEFETCH_PER_HOST_CONNECTIONS="2", RANGEFETCH_JOBS__BUDGET="0.5")
+    store = Store(pool)
+    assert await wait_finished(store, small.id) is DownloadState.COMPLETE
+    assert await store.done_count(big.id) == 0  # no big range had to finish first
+    await check_complete(store, small, download_dir, small_data)
+    assert await wait_finished(store, big.id) is DownloadState.COMPLETE
+    await check_complete(store, big, download_dir, big_data)
+
+
+def test_worker_without_redis_fails_in_one_line(download_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RANGEFETCH_")}
+    env["RANGEFETCH_DOWNLOAD_DIR"] = str(download_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "rangefetch", "worker"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no Redis configured" in done.stderr
+
+
+async def test_worker_restarts_when_its_loop_dies_with_redis(
+    server: RangeServer,
+    download_dir: Path,
+    redis_url: str,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="worker.cli")
+    settings = quick_settings(redis_url, download_dir)
+    fragile = redis_settings(settings)  # give up on Redis at once instead of after a minute
+    fragile.retry = Retry(NoBackoff(), 1)
+    fragile.conn_retries, fragile.conn_retry_delay = 1, 1
+    running = asyncio.create_task(serve(settings, handle_signals=False, redis_settings=fragile))
+    probe_pool = await arq_pool(redis_url)
+    await wait_for(lambda: _has_workers(probe_pool), timeout=10)
+    await probe_pool.aclose()
+    await asyncio.to_thread(redis_server.stop, kill=True)
+    await wait_for(lambda: _logged(caplog, "lost Redis"), timeout=10)
+    await asyncio.to_thread(redis_server.start)
+
+    server.add_file("after", DATA)
+    pool = await arq_pool(redis_url)
+    try:
+        spec = await start_download(pool, server.url("after"), download_dir, chunk_size=100 * KiB)
+        store = Store(pool)
+        assert await wait_finished(store, spec.id) is DownloadState.COMPLETE
+        await check_complete(store, spec, download_dir)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await pool.aclose()
+
+
+async def _has_workers(pool: ArqRedis) -> bool:
+    return bool(await Store(pool).workers())
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text

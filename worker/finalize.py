@@ -1,0 +1,254 @@
+"""The finalizer job, and the sweep that makes sure every finished download gets one.
+
+``finalize_job(ctx, download_id)`` runs once per download after its last
+range is done:
+
+1. **Exactly once.**  Its job id is deterministic (``keys.finalize_job_id``),
+   so arq holds at most one queued or running finalizer per download, and
+   it takes the Redis guard (``Store.claim_finalizer``) before doing
+   anything; a second finalizer that gets past the job id (a sweep right
+   after the first finished, say) finds the guard taken or the download no
+   longer running and returns.  The guard is a lease renewed while the
+   finalizer runs, so a finalizer killed with its worker is redone.
+2. **Verify.**  Every planned range must be in the ``done`` set.  The
+   ``.part`` file must have the download's size.  One sequential pass over
+   the file (in a thread) yields each range's sha256, the whole file's
+   sha256 and, when ``spec.checksum`` asks for one, the digest it names.
+3. **Ranges that fail verification** (their bytes on the shared volume no
+   longer match the digest the range job recorded) are fetched again:
+   ``Store.redo``, state back to ``running``, the guard released, and their
+   range jobs enqueued.  A range redone more than
+   ``Settings.max_verify_retries`` times fails the download instead.
+4. **Checksum mismatch** fails the download and removes the ``.part`` file:
+   the remote file is not what the user asked for.
+5. **All good**: ``PartFile.commit()`` renames ``.part`` to the final name
+   and fsyncs the directory; the download becomes ``complete`` with its
+   sha256.  If a finalizer dies between the rename and that state change,
+   the next one verifies the renamed file against the range digests and
+   completes it.
+
+The sweep (an arq cron job every 30 s, deduplicated across workers) looks at
+every running download: when all its ranges are done it enqueues the
+finalizer (a worker may have died between the last ``mark_done`` and the
+enqueue, or the enqueue may have met a finalizer that was just finishing),
+and otherwise it re-enqueues range jobs that arq lost (expired, or dropped
+after a timeout), so no download waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from arq import Retry
+from arq.constants import job_key_prefix
+from redis.exceptions import RedisError
+
+from rangefetch import (
+    Checksum,
+    DownloadError,
+    PartFile,
+    QueueError,
+    StateError,
+    VerificationError,
+    keys,
+    plan_ranges,
+    resolve_output,
+)
+from rangefetch.plan import Range
+from rangefetch.state import DownloadState
+from rangefetch.store import DownloadSpec
+
+from .files import hash_file
+from .jobs import FETCH_RANGE, HARD_STOP_MARGIN, active_spec, enqueue_finalizer, fail
+from .runtime import Runtime
+
+__all__ = ["JOB_TTL", "enqueue_ranges", "finalize_job", "sweep_job"]
+
+log = logging.getLogger(__name__)
+
+JOB_TTL = timedelta(days=7)  # as the producer's jobs: a redone range may wait in a long queue
+
+
+async def finalize_job(ctx: dict[str, Any], download_id: str) -> None:
+    """arq job ``finalize``: verify download ``download_id``, rename it into place, mark it complete.
+
+    Raises:
+        arq.Retry: Redis failed; try again shortly.
+        RangefetchError: verification failed for good; already recorded on the download.
+    """
+    rt = Runtime.of(ctx)
+    store = rt.store
+    async with rt.job(ctx) as lease:
+        try:
+            found = await active_spec(store, download_id)
+            if found is None:
+                return
+            if not await store.claim_finalizer(download_id, ttl=math.ceil(rt.settings.jobs.lease)):
+                log.info("download %s: another finalizer holds the guard", download_id)
+                return
+            lease.guard = download_id
+            try:
+                limit = rt.settings.jobs.finalize_timeout * (1 - HARD_STOP_MARGIN)
+                async with asyncio.timeout(limit) as deadline:
+                    await _finalize(rt, *found)
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                raise VerificationError(
+                    f"verifying took longer than {limit:.0f}s; raise RANGEFETCH_JOBS__FINALIZE_TIMEOUT"
+                ) from exc
+            finally:
+                lease.guard = None
+                await _release(rt, download_id)
+        except QueueError as exc:
+            log.warning("finalizer of %s: %s; retrying", download_id, exc)
+            raise Retry(defer=2 * rt.settings.jobs.slot_wait) from exc
+        except Retry:
+            raise
+        except Exception as exc:
+            if await fail(store, download_id, exc):
+                raise
+
+
+async def _finalize(rt: Runtime, spec: DownloadSpec, state: DownloadState) -> None:
+    store = rt.store
+    planned = plan_ranges(spec.size, spec.chunk_size)
+    done = await store.done_ranges(spec.id)
+    missing = [r for r in planned if r not in done]
+    if missing:
+        # A stale trigger, or a redo cut short: fetch what is missing.
+        log.info("download %s: %d ranges are not done yet", spec.id, len(missing))
+        if state is DownloadState.VERIFYING:
+            await store.set_state(spec.id, DownloadState.RUNNING)
+        await _release(rt, spec.id)
+        await enqueue_ranges(rt, spec.id, missing)
+        return
+    if state is not DownloadState.VERIFYING:
+        await store.set_state(spec.id, DownloadState.VERIFYING)
+    part = PartFile(resolve_output(rt.download_dir, spec.path, confine=True))
+    source = await asyncio.to_thread(_source, part, renamed_ok=state is DownloadState.VERIFYING)
+    checksum = Checksum.parse(spec.checksum) if spec.checksum else None
+    algorithms = {"sha256"} | ({checksum.algorithm} if checksum else set())
+    digests, whole = await hash_file(source, spec.size, planned, algorithms)
+    recorded = await store.digests(spec.id)
+    bad = [r for r, digest in zip(planned, digests, strict=True) if recorded.get(r) != digest]
+    if bad:
+        await _redo(rt, spec, bad)
+        return
+    if checksum is not None:
+        try:
+            checksum.check(whole)
+        except VerificationError:
+            await asyncio.to_thread(part.discard)
+            raise
+    if source == part.part:
+        await asyncio.to_thread(part.commit)
+    await store.set_state(spec.id, DownloadState.COMPLETE, sha256=whole["sha256"])
+    log.info("download %s complete: %s (sha256 %s)", spec.id, spec.path, whole["sha256"])
+
+
+async def _redo(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None:
+    """Send ``bad`` ranges back to be fetched, or fail once one was redone too often.
+
+    Raises:
+        VerificationError: a range failed verification more than ``max_verify_retries`` times.
+    """
+    store, limit = rt.store, rt.settings.max_verify_retries
+    worst: tuple[Range, int] | None = None
+    for rng in bad:
+        count = await store.redo(spec.id, rng)
+        if count > limit and (worst is None or count > worst[1]):
+            worst = (rng, count)
+    if worst is not None:
+        rng, count = worst
+        raise VerificationError(f"range {rng} failed verification {count} times", range=rng)
+    log.warning("download %s: %d ranges failed verification; fetching them again", spec.id, len(bad))
+    await store.set_state(spec.id, DownloadState.RUNNING)
+    # Released before the enqueue, so the finalizer those ranges trigger finds the guard free.
+    await _release(rt, spec.id)
+    await enqueue_ranges(rt, spec.id, bad)
+
+
+async def _release(rt: Runtime, download_id: str) -> None:
+    try:
+        await rt.store.release_finalizer(download_id)
+    except QueueError as exc:  # it is a lease: it lapses by itself
+        log.warning("finalizer of %s: %s", download_id, exc)
+
+
+def _source(part: PartFile, *, renamed_ok: bool) -> Path:
+    """The file to verify: the ``.part``, or the final file a finalizer renamed before it died.
+
+    Raises:
+        DownloadError: neither exists.
+    """
+    if part.part.is_file():
+        return part.part
+    if renamed_ok and part.final.is_file():
+        return part.final
+    raise DownloadError(f"part file missing: {part.part.name}")
+
+
+async def enqueue_ranges(rt: Runtime, download_id: str, ranges: list[Range]) -> int:
+    """Enqueue the range jobs of ``ranges`` (those not queued or running already); returns how many."""
+    added = 0
+    for rng in ranges:
+        job = await rt.redis.enqueue_job(
+            FETCH_RANGE,
+            download_id,
+            rng.start,
+            rng.end,
+            _job_id=keys.range_job_id(download_id, rng.start, rng.end),
+            _queue_name=rt.settings.queue_name,
+            _expires=JOB_TTL,
+        )
+        added += job is not None
+    return added
+
+
+async def sweep_job(ctx: dict[str, Any]) -> None:
+    """arq cron job ``sweep``: a finalizer for every finished running download, and lost range jobs back."""
+    rt = Runtime.of(ctx)
+    async with rt.job(ctx):
+        for download_id in await rt.store.list_ids():
+            try:
+                await _sweep_one(rt, download_id)
+            except (QueueError, RedisError, StateError) as exc:
+                log.warning("sweep: download %s: %s", download_id, exc)
+
+
+async def _sweep_one(rt: Runtime, download_id: str) -> None:
+    store = rt.store
+    state = await store.state(download_id)
+    if state not in (DownloadState.RUNNING, DownloadState.VERIFYING):
+        return
+    spec = await store.spec(download_id)
+    if spec is None:
+        return
+    if await store.done_count(download_id) >= spec.ranges:
+        if await enqueue_finalizer(rt, download_id):
+            log.info("sweep: enqueued the finalizer of download %s", download_id)
+        return
+    if state is DownloadState.RUNNING:
+        lost = await _lost_ranges(rt, spec)
+        if lost:
+            added = await enqueue_ranges(rt, download_id, lost)
+            log.warning("sweep: download %s had %d ranges without a job; %d enqueued", download_id, len(lost), added)
+
+
+async def _lost_ranges(rt: Runtime, spec: DownloadSpec) -> list[Range]:
+    """Ranges that are neither done nor have an arq job (queued, deferred or running)."""
+    done = await rt.store.done_ranges(spec.id)
+    todo = [r for r in plan_ranges(spec.size, spec.chunk_size) if r not in done]
+    if not todo:
+        return []
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        for r in todo:
+            pipe.exists(job_key_prefix + keys.range_job_id(spec.id, r.start, r.end))
+        exists = await pipe.execute()
+    return [r for r, e in zip(todo, exists, strict=True) if not e]

@@ -1,0 +1,397 @@
+"""The range job: fetch one range of a download into the shared ``.part`` file.
+
+``fetch_range_job(ctx, download_id, start, end)`` is thin: it checks the
+download's state, opens the ``.part`` file the producer created (never
+creating it), takes a connection slot, and runs the core's ``fetch_range``
+from the range's recorded progress.  Then it fsyncs, hashes the range from
+disk and marks it done; the job that finishes the last range enqueues the
+finalizer.
+
+How a run ends
+--------------
+* **Done**: fsync, sha256 of the range's bytes on disk (in a thread),
+  ``Store.mark_done``; when every range is done, the finalizer is enqueued.
+* **Time budget** (``Settings.jobs.budget``, 40 s): the fetch is stopped,
+  its bytes fsynced and recorded, and ``Retry(defer=0)`` continues the range
+  in a fresh job at the same queue position.  arq treats a job timeout as a
+  permanent failure, so a slow but healthy range must never reach one; the
+  budget keeps every run far below ``Settings.jobs.timeout`` (120 s), and a
+  hard stop shortly before the timeout turns even a run that overran
+  (a stalled disk or Redis) into a retry.  Yielding also lets other
+  downloads have the connection slot.
+* **No free slot**: ``Retry(defer=slot_wait * U(0.5, 1.5))`` without
+  holding a worker slot; the jitter spreads the retries out.
+* **Transient failure** (``RetriesExhaustedError`` after ``fetch_range``'s
+  own backoff, or Redis): progress is recorded and the job retried with
+  backoff.  arq's try counter also counts budget continuations and slot
+  waits, so it is set out of reach and the count that decides failure is
+  ours: ``Store.count_attempt`` counts runs in a row that made no progress,
+  and ``Settings.jobs.max_attempts`` of them fail the download.
+* **Permanent failure** (the remote changed, a protocol violation, a
+  4xx, an unsafe path, a missing ``.part``): the range and the download are
+  marked failed with a one-line reason (shown by ``status``) and the error
+  is raised for arq to log.
+* **Cancelled** (SIGTERM stops the worker, arq cancels its jobs): the bytes
+  written so far are fsynced and recorded, the slots released, and the
+  ``CancelledError`` re-raised, so arq puts the job back and the next run
+  resumes from exactly the recorded bytes.  Progress is an absolute count
+  of fsynced bytes, so nothing is lost or counted twice.
+* **Download stopped** (cancelled, failed elsewhere, gone): the job saves
+  its progress and returns without error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Iterator
+from enum import Enum
+from typing import Any
+from urllib.parse import urlsplit
+
+from arq import Retry
+
+from rangefetch import (
+    Backoff,
+    FileWriter,
+    ProtocolError,
+    QueueError,
+    RangefetchError,
+    RemoteFile,
+    RetriesExhaustedError,
+    StateError,
+    TransientError,
+    fetch_range,
+    keys,
+)
+from rangefetch.plan import Range
+from rangefetch.redact import redact_url
+from rangefetch.state import DownloadState
+from rangefetch.store import DownloadSpec, Store
+
+from .files import hash_range, open_part, part_path
+from .runtime import Lease, Runtime
+
+__all__ = [
+    "FETCH_RANGE",
+    "FINALIZE",
+    "active_spec",
+    "enqueue_finalizer",
+    "fail",
+    "fetch_range_job",
+    "host_key",
+]
+
+log = logging.getLogger(__name__)
+
+FETCH_RANGE = "fetch_range"
+FINALIZE = "finalize"
+HARD_STOP_MARGIN = 0.1  # the hard stop comes this share of the job timeout before it
+
+
+class _End(Enum):
+    DONE = "done"
+    BUDGET = "budget"
+    STOPPED = "stopped"
+
+
+async def fetch_range_job(ctx: dict[str, Any], download_id: str, start: int, end: int) -> None:
+    """arq job ``fetch_range``: fetch bytes ``start``-``end`` of download ``download_id``.
+
+    Raises:
+        arq.Retry: continue later (time budget, no free slot, transient failure).
+        RangefetchError: a permanent failure, already recorded on the download.
+    """
+    rt = Runtime.of(ctx)
+    rng = Range(start, end)
+    timeout = rt.settings.jobs.timeout
+    async with rt.job(ctx) as lease:
+        try:
+            async with asyncio.timeout(timeout * (1 - HARD_STOP_MARGIN)) as deadline:
+                await _run(rt, lease, download_id, rng)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            log.warning("range %s of %s overran; continuing in a new job", rng, download_id)
+            raise Retry(defer=0) from None
+        except QueueError as exc:
+            log.warning("range %s of %s: %s; retrying", rng, download_id, exc)
+            raise Retry(defer=_jitter(rt.settings.jobs.slot_wait * 2)) from exc
+
+
+async def active_spec(store: Store, download_id: str) -> tuple[DownloadSpec, DownloadState] | None:
+    """The download's spec and state, or ``None`` when there is nothing to do for it."""
+    state = await store.state(download_id)
+    if state is None or state.finished:
+        log.info("download %s is %s; nothing to do", download_id, state.value if state else "gone")
+        return None
+    spec = await store.spec(download_id)
+    return (spec, state) if spec is not None else None
+
+
+async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
+    store = rt.store
+    found = await active_spec(store, download_id)
+    if found is None:
+        return
+    spec, state = found
+    try:
+        if state is DownloadState.QUEUED:
+            await store.set_state(download_id, DownloadState.RUNNING)
+        part = part_path(rt.download_dir, spec)
+        fd = await asyncio.to_thread(open_part, part, spec.size)
+        try:
+            done = await store.progress(download_id, rng)
+            if done < rng.length:
+                end = await _fetch(rt, lease, spec, rng, fd, done)
+                if end is not _End.DONE:
+                    return
+        finally:
+            os.close(fd)
+        digest = await hash_range(part, rng)
+    except (Retry, QueueError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        if await fail(store, download_id, exc, rng=rng):
+            raise
+        return
+    count = await store.mark_done(download_id, rng, digest)
+    log.debug("range %s of %s done (%d of %d)", rng, download_id, count, spec.ranges)
+    if count >= spec.ranges:
+        added = await enqueue_finalizer(rt, download_id)
+        log.info("download %s: all %d ranges done; finalizer %s", download_id, count, "enqueued" if added else "queued")
+
+
+async def enqueue_finalizer(rt: Runtime, download_id: str) -> bool:
+    """Enqueue the download's finalizer; ``False`` if one is queued or running already."""
+    job = await rt.redis.enqueue_job(
+        FINALIZE, download_id, _job_id=keys.finalize_job_id(download_id), _queue_name=rt.settings.queue_name
+    )
+    return job is not None
+
+
+async def _fetch(rt: Runtime, lease: Lease, spec: DownloadSpec, rng: Range, fd: int, done: int) -> _End:
+    """Fetch the rest of ``rng`` holding a connection slot; how the run ended."""
+    store, jobs = rt.store, rt.settings.jobs
+    host = host_key(spec.final_url)
+    limits = {keys.sem_host(host): rt.settings.per_host_connections, keys.sem_download(spec.id): spec.connections}
+    token = keys.range_job_id(spec.id, rng.start, rng.end)
+    taken = await store.acquire_fair(
+        token, spec.id, limits, waiters=keys.sem_waiters(host), ttl=jobs.lease, wait_ttl=max(5.0, 5 * jobs.slot_wait)
+    )
+    if not taken:
+        raise Retry(defer=_jitter(jobs.slot_wait))
+    lease.slots = (token, list(limits))
+    try:
+        await store.start_range(spec.id, rng, rt.worker_id)
+        return await _Transfer(rt, spec, rng, fd, done).run()
+    finally:
+        lease.slots = None
+        try:
+            await store.release_slots(token, list(limits))
+            await store.stop_range(spec.id, rng)
+        except QueueError as exc:  # the leases lapse by themselves
+            log.warning("range %s of %s: %s", rng, spec.id, exc)
+
+
+class _RecordingBackoff(Backoff):
+    """``Backoff`` that remembers the last failure, for the report when a range gives up."""
+
+    last: TransientError | None = None
+
+    async def wait(self, exc: TransientError) -> None:
+        self.last = exc
+        await super().wait(exc)
+
+
+class _Transfer:
+    """One run of a range: ``fetch_range`` plus checkpoints, the budget and the stop check."""
+
+    def __init__(self, rt: Runtime, spec: DownloadSpec, rng: Range, fd: int, done: int) -> None:
+        self.rt, self.spec, self.rng, self.fd = rt, spec, rng, fd
+        self.started = self.written = self.saved = done
+        self.backoff = _RecordingBackoff(rt.settings.retry)
+
+    def _count(self, n: int) -> None:
+        self.written += n
+
+    async def run(self) -> _End:
+        """Fetch until done, out of budget or stopped; always fsync and record what was written.
+
+        Raises:
+            arq.Retry: out of budget, or a transient failure to retry later.
+            RetriesExhaustedError: too many runs in a row without progress.
+            RangefetchError: a permanent failure.
+        """
+        failure: TransientError | RetriesExhaustedError | None = None
+        end = _End.DONE
+        async with FileWriter(self.fd) as writer:
+            try:
+                end = await self._loop(_Bounded(writer, self.rng))
+            except (TransientError, RetriesExhaustedError) as exc:
+                failure = exc
+                await self._save(writer, quiet=True)
+            except BaseException:
+                await self._save(writer, quiet=True)
+                raise
+            else:
+                await self._save(writer)
+        if failure is not None:
+            await self._retry_later(failure)
+        return await self._settle(end)
+
+    async def _retry_later(self, exc: TransientError | RetriesExhaustedError) -> None:
+        """Raise ``Retry`` with backoff, or ``RetriesExhaustedError`` after too many runs without progress."""
+        rng, jobs = self.rng, self.rt.settings.jobs
+        attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self.saved > self.started)
+        if attempts >= jobs.max_attempts:
+            raise RetriesExhaustedError(f"range {rng} failed {attempts} times in a row: {exc}", range=rng) from exc
+        cause = exc if isinstance(exc, TransientError) else exc.__cause__
+        delay = self._delay(attempts, cause if isinstance(cause, TransientError) else TransientError(str(exc)))
+        log.info("range %s of %s: %s; retrying in %.1fs", rng, self.spec.id, exc, delay)
+        raise Retry(defer=delay) from exc
+
+    def _delay(self, attempts: int, exc: TransientError) -> float:
+        """The backoff after ``attempts`` runs without progress, honouring Retry-After."""
+        backoff = Backoff(self.rt.settings.retry)
+        backoff.tries = attempts
+        return backoff.delay(exc)
+
+    async def _loop(self, writer: _Bounded) -> _End:
+        rt, spec, rng = self.rt, self.spec, self.rng
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + rt.settings.jobs.budget
+        remote = RemoteFile(
+            url=spec.url,
+            final_url=spec.final_url,
+            size=spec.size,
+            ranges=True,
+            etag=spec.etag,
+            last_modified=spec.last_modified,
+        )
+        end = _End.DONE
+        try:
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(
+                    fetch_range(
+                        rt.client, remote, rng, writer,
+                        headers=spec.headers, done=self.written, backoff=self.backoff, on_progress=self._count,
+                    )  # fmt: skip
+                )
+                while not task.done():
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        end = _End.BUDGET
+                        task.cancel()
+                        break
+                    await asyncio.wait([task], timeout=min(rt.settings.checkpoint_interval, left))
+                    if not task.done() and not await self._checkpoint(writer.inner):
+                        end = _End.STOPPED
+                        task.cancel()
+                        break
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
+        return end
+
+    async def _checkpoint(self, writer: FileWriter) -> bool:
+        """Fsync and record progress; whether the download still wants this range."""
+        try:
+            await self._save(writer)
+            state = await self.rt.store.state(self.spec.id)
+        except QueueError as exc:  # Redis is away: keep fetching, record later
+            log.warning("range %s of %s: %s", self.rng, self.spec.id, exc)
+            return True
+        return state is not None and not state.finished
+
+    async def _save(self, writer: FileWriter, *, quiet: bool = False) -> None:
+        """Fsync what was handed to the writer and record it as the range's progress."""
+        written = self.written  # bytes queued before the flush below: on disk after it
+        try:
+            await writer.flush()
+            if written != self.saved:
+                await self.rt.store.set_progress(self.spec.id, self.rng, written)
+                self.saved = written
+        except RangefetchError as exc:
+            if not quiet:
+                raise
+            log.warning("range %s of %s: progress not saved: %s", self.rng, self.spec.id, exc)
+
+    async def _settle(self, end: _End) -> _End:
+        rng, jobs = self.rng, self.rt.settings.jobs
+        if end is _End.BUDGET:
+            attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self.saved > self.started)
+            last = self.backoff.last
+            if attempts >= jobs.max_attempts:
+                why = f": {last}" if last else ""
+                raise RetriesExhaustedError(f"range {rng} made no progress in {attempts} runs{why}", range=rng)
+            # A run that made progress continues at once, keeping its place;
+            # one that spent its budget failing waits as the last failure asks.
+            delay = self._delay(attempts, last) if attempts and last else 0
+            log.info("range %s of %s: budget used at byte %d of %d", rng, self.spec.id, self.saved, rng.length)
+            raise Retry(defer=delay)
+        if end is _End.DONE and self.saved != rng.length:
+            raise ProtocolError(f"range {rng} ended after {self.saved} of {rng.length} bytes", range=rng)
+        return end
+
+
+class _Bounded:
+    """A writer that refuses bytes outside its range (``fetch_range`` checks Content-Range too)."""
+
+    def __init__(self, inner: FileWriter, rng: Range) -> None:
+        self.inner, self.rng = inner, rng
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if offset < self.rng.start or offset + len(data) - 1 > self.rng.end:
+            raise ProtocolError(f"bytes at {offset}+{len(data)} fall outside range {self.rng}", range=self.rng)
+        await self.inner.write(offset, data)
+
+
+def host_key(url: str) -> str:
+    """``host:port`` of ``url``: what the cluster-wide connection cap counts."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+async def fail(store: Store, download_id: str, exc: BaseException, *, rng: Range | None = None) -> bool:
+    """Mark the download failed because of ``exc``; ``False`` if it had already finished.
+
+    The reason is one line, and the URL in it (if any) is redacted.
+    """
+    if isinstance(exc, RangefetchError):
+        reason = str(exc)
+        if exc.url:
+            reason = reason.replace(exc.url, redact_url(exc.url))
+    else:
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split())
+    try:
+        await store.set_state(download_id, DownloadState.FAILED, error=reason)
+    except StateError:
+        log.info("download %s already finished; ignoring: %s", download_id, reason)
+        return False
+    if rng is not None:
+        await store.fail_range(download_id, rng, reason)
+    log.error("download %s failed: %s", download_id, reason)
+    return True
+
+
+def _jitter(seconds: float) -> float:
+    return seconds * random.uniform(0.5, 1.5)
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error of a two-task group (the fetch and its checkpoints)."""
+    leaves = list(_leaves(group))
+    ours = [e for e in leaves if not isinstance(e, asyncio.CancelledError)]
+    return (ours or leaves)[0]
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

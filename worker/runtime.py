@@ -1,0 +1,182 @@
+"""What a worker process keeps in arq's ``ctx``: one client, one store, leases, a heartbeat.
+
+``startup`` (arq's ``on_startup``) builds one ``Runtime`` per process and
+``shutdown`` closes it; jobs find it with ``Runtime.of(ctx)``.
+
+Leases
+------
+Everything a running job claims in Redis is a lease that lapses unless it is
+renewed: arq's ``arq:in-progress:<job id>`` key, the job's connection slots
+and the finalizer guard.  ``Runtime.job()`` renews them together every
+quarter lease while the job runs, so when a worker is SIGKILLed its jobs,
+slots and guard are free again ``Settings.jobs.lease`` seconds later,
+whatever the jobs' timeouts are (``worker.settings`` explains why arq's own
+in-progress expiry is shortened to the lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
+from redis.exceptions import RedisError
+
+from rangefetch import QueueError, Settings, make_client
+from rangefetch.store import Store, WorkerInfo
+
+__all__ = ["HEARTBEAT_INTERVAL", "Lease", "Runtime", "background", "shutdown", "startup"]
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 5.0  # seconds; Store.HEARTBEAT_TTL (30 s) is the grace period
+SETTINGS_KEY = "rangefetch_settings"  # ctx key the worker settings put the Settings under
+RUNTIME_KEY = "rangefetch"
+
+
+@asynccontextmanager
+async def background(coro: Coroutine[Any, Any, None], *, name: str) -> AsyncIterator[None]:
+    """Run ``coro`` alongside the block; it is cancelled, and awaited, when the block ends.
+
+    Not a ``TaskGroup``: a task group wraps the block's own exceptions in an
+    ``ExceptionGroup``, and arq recognises ``Retry`` and ``CancelledError``
+    by their type.  ``coro`` is expected to handle its own errors; anything
+    it still raises is logged.
+    """
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r", name, task.exception())
+
+
+class Lease:
+    """The leased claims of one running job, renewed together."""
+
+    def __init__(self, runtime: Runtime, job_id: str) -> None:
+        self.runtime = runtime
+        self.job_id = job_id
+        self.slots: tuple[str, list[str]] | None = None  # (token, semaphore keys)
+        self.guard: str | None = None  # download id whose finalizer guard the job holds
+
+    async def renew(self) -> None:
+        """Extend every claim by one lease.
+
+        Raises:
+            QueueError: Redis failed.
+        """
+        rt = self.runtime
+        ttl = rt.settings.jobs.lease
+        try:
+            await rt.redis.pexpire(in_progress_key_prefix + self.job_id, int(ttl * 1000))
+        except RedisError as exc:
+            raise QueueError(f"cannot renew job {self.job_id}: {exc}") from exc
+        if self.slots is not None:
+            token, names = self.slots
+            await rt.store.renew_slots(token, names, ttl=ttl)
+        if self.guard is not None:
+            await rt.store.renew_finalizer(self.guard, ttl=math.ceil(ttl))
+
+    async def keep(self) -> None:
+        """Renew every quarter lease until cancelled; Redis failures are logged and retried."""
+        interval = self.runtime.settings.jobs.lease / 4
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew()
+            except QueueError as exc:
+                log.warning("job %s: %s", self.job_id, exc)
+
+
+@dataclass
+class Runtime:
+    """One worker process's shared state, kept in arq's ``ctx``."""
+
+    settings: Settings
+    redis: ArqRedis
+    store: Store
+    client: httpx.AsyncClient
+    worker_id: str
+    download_dir: Path
+    running: set[str] = field(default_factory=set)
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    @classmethod
+    def of(cls, ctx: dict[str, Any]) -> Runtime:
+        """The runtime ``startup`` put in ``ctx``."""
+        runtime = ctx[RUNTIME_KEY]
+        assert isinstance(runtime, Runtime)
+        return runtime
+
+    @asynccontextmanager
+    async def job(self, ctx: dict[str, Any]) -> AsyncIterator[Lease]:
+        """Run one job: counted for the heartbeat, its leases renewed until it ends."""
+        job_id = str(ctx["job_id"])
+        lease = Lease(self, job_id)
+        self.running.add(job_id)
+        try:
+            async with background(lease.keep(), name=f"lease {job_id}"):
+                yield lease
+        finally:
+            self.running.discard(job_id)
+
+    async def heartbeat(self) -> None:
+        """Announce this worker every ``HEARTBEAT_INTERVAL`` seconds until cancelled."""
+        host, pid = socket.gethostname(), os.getpid()
+        failing = False
+        while True:
+            info = WorkerInfo(self.worker_id, host, pid, len(self.running), time.time())
+            try:
+                await self.store.heartbeat(info)
+                if failing:
+                    log.info("heartbeat recorded again")
+                failing = False
+            except QueueError as exc:
+                if not failing:
+                    log.warning("cannot record the heartbeat: %s", exc)
+                failing = True
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """arq ``on_startup``: one httpx client, a ``Store`` on arq's pool, and the heartbeat."""
+    settings: Settings = ctx[SETTINGS_KEY]
+    redis: ArqRedis = ctx["redis"]
+    # One connection per concurrent job: the client's pool must not be the limit.
+    client = make_client(settings.model_copy(update={"connections": settings.worker_concurrency}))
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    runtime = Runtime(settings, redis, Store(redis), client, worker_id, settings.download_dir.resolve())
+    await runtime.stack.enter_async_context(client)
+    await runtime.stack.enter_async_context(background(runtime.heartbeat(), name="heartbeat"))
+    ctx[RUNTIME_KEY] = runtime
+    log.info(
+        "worker %s: %d jobs at once, downloads in %s", worker_id, settings.worker_concurrency, runtime.download_dir
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """arq ``on_shutdown``: stop the heartbeat, close the client, forget the worker.  Runs once."""
+    runtime = ctx.pop(RUNTIME_KEY, None)
+    if not isinstance(runtime, Runtime):
+        return
+    await runtime.stack.aclose()
+    try:
+        await runtime.store.forget_worker(runtime.worker_id)
+    except QueueError as exc:
+        log.warning("cannot remove worker %s: %s", runtime.worker_id, exc)
+    log.info("worker %s stopped", runtime.worker_id)
