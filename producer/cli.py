@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +20,7 @@ import click
 from arq.connections import ArqRedis
 
 from rangefetch import Checksum, Settings, Tracker, hash_fd, parse_header
-from rangefetch.cli import build_settings, run
+from rangefetch.cli import build_settings, run, setup_logging
 from rangefetch.connections import open_redis
 from rangefetch.display import show_progress
 from rangefetch.errors import RangefetchError
@@ -46,15 +45,15 @@ def _common(fn: F) -> F:
     return _redis_option(_verbose_option(fn))
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="rangefetch: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL
-
-
 @contextlib.asynccontextmanager
-async def _connect(settings: Settings) -> AsyncIterator[ArqRedis]:
-    redis = await open_redis(settings)
+async def _connect(settings: Settings, *, patient: bool = False) -> AsyncIterator[ArqRedis]:
+    """Redis for one command.
+
+    ``wait`` and ``get --redis`` follow a download for a long time and are
+    ``patient``: they ride out a Redis restart.  The others fail fast when
+    Redis is down.
+    """
+    redis = await open_redis(settings, patient=patient)
     try:
         yield redis
     finally:
@@ -86,7 +85,7 @@ def enqueue(
     Enqueuing the same URL to the same output again prints the same id and
     only queues what is missing: it resumes a failed or cancelled download.
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
     async def main() -> None:
         settings = build_settings(connections=connections, chunk_size=chunk_size, redis_url=redis_url)
@@ -109,7 +108,7 @@ def enqueue(
 @_common
 def status(download_id: str | None, live: bool, as_json: bool, redis_url: str | None, verbose: int) -> None:
     """Show the state and progress of one download, or of all of them."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
     async def main() -> None:
         settings = build_settings(redis_url=redis_url)
@@ -136,11 +135,11 @@ def status(download_id: str | None, live: bool, as_json: bool, redis_url: str | 
 @_common
 def wait(download_id: str, redis_url: str | None, verbose: int) -> None:
     """Block until a download ends: exit 0 when complete, 1 when failed or cancelled."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
     async def main() -> None:
         settings = build_settings(redis_url=redis_url)
-        async with _connect(settings) as redis:
+        async with _connect(settings, patient=True) as redis:
             record = await follow(Store(redis), download_id)
         outcome(record)
         path = settings.download_dir.resolve() / record["path"]
@@ -154,7 +153,7 @@ def wait(download_id: str, redis_url: str | None, verbose: int) -> None:
 @_common
 def cancel(download_id: str, redis_url: str | None, verbose: int) -> None:
     """Stop a download; its .part file stays, so enqueuing it again resumes."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
     async def main() -> None:
         settings = build_settings(redis_url=redis_url)
@@ -170,7 +169,7 @@ def cancel(download_id: str, redis_url: str | None, verbose: int) -> None:
 @_common
 def workers(as_json: bool, redis_url: str | None, verbose: int) -> None:
     """List the live workers: host, pid, jobs running, last heartbeat."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
     async def main() -> None:
         settings = build_settings(redis_url=redis_url)
@@ -201,7 +200,7 @@ async def distributed_get(
     Raises:
         RangefetchError: enqueuing failed (bad URL or path, probe, Redis).
     """
-    async with _connect(settings) as redis:
+    async with _connect(settings, patient=True) as redis:
         result = await enqueue_download(
             url, settings=settings, redis=redis, output=output, directory=directory,
             headers=headers, checksum=checksum,

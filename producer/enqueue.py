@@ -43,7 +43,6 @@ from rangefetch import (
     allocate,
     check_url,
     choose_chunk_size,
-    keys,
     make_client,
     output_candidates,
     plan_ranges,
@@ -51,10 +50,9 @@ from rangefetch import (
     redact_url,
     resolve_output,
 )
+from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
-
-from .jobs import Job, enqueue_jobs, finalize_job, range_job
 
 __all__ = ["Enqueued", "download_id", "enqueue", "resolve_target"]
 
@@ -221,9 +219,9 @@ async def _enqueue_todo(store: Store, settings: Settings, spec: DownloadSpec) ->
     """Enqueue the ranges of ``spec`` that are not done, or the finalizer when all are."""
     done = await store.done_ranges(spec.id)
     todo = plan_ranges(spec.size, spec.chunk_size, skip=done)
-    jobs: list[Job] = [range_job(spec.id, r) for r in todo] or [finalize_job(spec.id)]
-    done_key = keys.download_key(spec.id, "done")
-    return await enqueue_jobs(store.redis, settings.queue_name, jobs, done_key=done_key)
+    if todo:
+        return await enqueue_ranges(store.redis, settings.queue_name, spec.id, todo)
+    return int(await enqueue_finalizer(store.redis, settings.queue_name, spec.id))
 
 
 async def _probe(url: str, settings: Settings, headers: dict[str, str], client: httpx.AsyncClient | None) -> RemoteFile:

@@ -20,10 +20,9 @@ from redis.asyncio import Redis
 from rangefetch import CancelledDownloadError, DownloadError, Settings, UsageError, plan_ranges, redact_url
 from rangefetch.display import format_bytes
 from rangefetch.keys import finalize_job_id, range_job_id
+from rangefetch.queue import remove_jobs
 from rangefetch.state import DownloadState
 from rangefetch.store import Store, WorkerInfo
-
-from .jobs import remove_jobs
 
 __all__ = [
     "cancel",

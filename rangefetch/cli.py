@@ -25,10 +25,11 @@ from .progress import Tracker
 from .settings import Settings
 from .verify import Checksum
 
-__all__ = ["build_settings", "main", "run"]
+__all__ = ["build_settings", "main", "run", "setup_logging"]
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
+LOG_FORMAT = "rangefetch: %(message)s"
 
 
 def build_settings(**overrides: Any) -> Settings:
@@ -57,10 +58,16 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def setup_logging(verbose: int, quiet: bool = False, *, fmt: str = LOG_FORMAT) -> None:
+    """Log to stderr: warnings, or info with ``verbose`` 1 and debug with 2; only errors when ``quiet``.
+
+    httpx and httpcore stay at warnings whatever the level: httpx logs every
+    request URL, and URLs may carry secrets.
+    """
     level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="rangefetch: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 class _Group(click.Group):
@@ -114,7 +121,7 @@ def get(
     Embedded (one process) unless Redis is configured: then the ranges are
     enqueued for the workers and this command follows them like `wait`.
     """
-    _setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet)
 
     async def main() -> None:
         if output is not None and directory is not None:

@@ -2,14 +2,14 @@
 
 The producer, the workers and the monitoring commands all go through this
 one class, so the layout of the keys (``keys.py``) has one reader and writer.
-Multi-key updates that must be atomic run as Lua scripts.  Request headers
-live in their own hash and are only read by workers: ``status`` never sees
-them, and URLs are shown redacted.
+Multi-key updates that must be atomic run as Lua scripts (``scripts.py``);
+the status record is assembled in ``status.py``.  Request headers live in
+their own hash and are only read by workers: ``status`` never sees them,
+and URLs are shown redacted.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,11 +18,12 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import keys
+from . import keys, scripts
 from .errors import QueueError, StateError
 from .plan import Range
-from .redact import redact_url
 from .state import DownloadState
+from .status import as_str as _s
+from .status import build_status
 
 __all__ = ["DownloadSpec", "Store", "WorkerInfo"]
 
@@ -64,125 +65,6 @@ class WorkerInfo:
     heartbeat: float
 
 
-_SET_STATE = """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return {-1, ''} end
-for i = 3, #ARGV do
-  if ARGV[i] == current then
-    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
-    return {1, current}
-  end
-end
-return {0, current}
-"""
-
-_MARK_DONE = """
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-return redis.call('SCARD', KEYS[1])
-"""
-
-# Counting semaphores as sorted sets of lease tokens scored by expiry, so a
-# lease held by a worker that died frees itself.  All keys are acquired or none.
-_ACQUIRE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
-local token, ttl = ARGV[1], tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', t)
-  if not redis.call('ZSCORE', key, token) and redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then
-    return 0
-  end
-end
-for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, t + ttl, token)
-  redis.call('EXPIRE', key, math.ceil(ttl) + 60)
-end
-return 1
-"""
-
-_RENEW = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
-for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', t + tonumber(ARGV[2]), ARGV[1])
-  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[2])) + 60)
-end
-return 1
-"""
-
-
-# Like _ACQUIRE, but the first semaphore (a server host) is shared fairly
-# among the downloads using it.  Tokens are "OWNER:..." (range job ids are
-# "DOWNLOAD:START-END").  A download that finds the host full while holding
-# less than its fair share (the limit divided by the downloads holding or
-# waiting) records itself in the waiters zset; while someone else waits, a
-# download at or above its share gets no new slot.  So one huge download
-# gives slots up to a small one as its ranges finish or yield, instead of
-# taking every freed slot back at once.
-# KEYS: shared semaphore, its waiters, then other semaphores.
-# ARGV: token, ttl, owner, wait_ttl, shared limit, then the others' limits.
-_ACQUIRE_FAIR = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
-local token, ttl, owner, wait_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local shared, waiters = KEYS[1], KEYS[2]
-redis.call('ZREMRANGEBYSCORE', shared, '-inf', t)
-redis.call('ZREMRANGEBYSCORE', waiters, '-inf', t - wait_ttl)
-if not redis.call('ZSCORE', shared, token) then
-  local limit = tonumber(ARGV[5])
-  local holders = redis.call('ZRANGE', shared, 0, -1)
-  local owners, count, mine, others_wait = {}, 0, 0, false
-  owners[owner] = true
-  count = 1
-  for _, m in ipairs(holders) do
-    local o = string.match(m, '^(.*):')
-    if o == owner then
-      mine = mine + 1
-    elseif o and not owners[o] then
-      owners[o] = true
-      count = count + 1
-    end
-  end
-  for _, w in ipairs(redis.call('ZRANGE', waiters, 0, -1)) do
-    if w ~= owner then
-      others_wait = true
-      if not owners[w] then
-        owners[w] = true
-        count = count + 1
-      end
-    end
-  end
-  local fair = math.ceil(limit / count)
-  if others_wait and mine >= fair then return 0 end
-  if #holders >= limit then
-    if mine < fair then
-      redis.call('ZADD', waiters, t, owner)
-      redis.call('EXPIRE', waiters, math.ceil(wait_ttl) + 60)
-    end
-    return 0
-  end
-end
-for i = 3, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', t)
-  if not redis.call('ZSCORE', KEYS[i], token) and redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 + i]) then
-    return 0
-  end
-end
-for i, key in ipairs(KEYS) do
-  if i ~= 2 then
-    redis.call('ZADD', key, t + ttl, token)
-    redis.call('EXPIRE', key, math.ceil(ttl) + 60)
-  end
-end
-redis.call('ZREM', waiters, owner)
-return 1
-"""
-
-
 class Store:
     """Typed access to rangefetch's Redis state.
 
@@ -191,11 +73,12 @@ class Store:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._set_state = redis.register_script(_SET_STATE)
-        self._mark_done = redis.register_script(_MARK_DONE)
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._acquire_fair = redis.register_script(_ACQUIRE_FAIR)
-        self._renew = redis.register_script(_RENEW)
+        self._set_state = redis.register_script(scripts.SET_STATE)
+        self._mark_done = redis.register_script(scripts.MARK_DONE)
+        self._set_progress = redis.register_script(scripts.SET_PROGRESS)
+        self._acquire = redis.register_script(scripts.ACQUIRE)
+        self._acquire_fair = redis.register_script(scripts.ACQUIRE_FAIR)
+        self._renew = redis.register_script(scripts.RENEW)
 
     # -- downloads ---------------------------------------------------------
 
@@ -329,8 +212,15 @@ class Store:
         return int(value) if value else 0
 
     async def set_progress(self, download_id: str, rng: Range, done: int) -> None:
-        """Record that the first ``done`` bytes of ``rng`` are fsynced (an absolute count, never added)."""
-        await self._call(self.redis.hset(keys.download_key(download_id, "progress"), str(rng), str(done)))
+        """Record that the first ``done`` bytes of ``rng`` are fsynced (an absolute count, never added).
+
+        A range already done keeps its full length: a worker that lost its
+        lease cannot make the download's progress read low (``scripts.SET_PROGRESS``).
+        """
+        k = keys.download_key
+        await self._call(
+            self._set_progress(keys=[k(download_id, "done"), k(download_id, "progress")], args=[str(rng), str(done)])
+        )
 
     async def start_range(self, download_id: str, rng: Range, worker_id: str) -> None:
         """Note that ``worker_id`` is fetching ``rng``."""
@@ -410,7 +300,7 @@ class Store:
 
         ``token`` must read ``OWNER:...``; ``waiters`` is the zset of owners
         waiting for the first key, forgotten ``wait_ttl`` seconds after they
-        last asked (see ``_ACQUIRE_FAIR``).
+        last asked (see ``scripts.ACQUIRE_FAIR``).
         """
         names = list(limits)
         if not names:
@@ -482,69 +372,3 @@ class Store:
             return await awaitable
         except RedisError as exc:
             raise QueueError(f"Redis error: {exc}") from exc
-
-
-def build_status(
-    data: dict[str, str],
-    done: int,
-    progress: list[int],
-    inflight: int,
-    failed: Mapping[Any, Any],
-    workers: set[Any],
-    *,
-    now: float | None = None,
-) -> dict[str, Any]:
-    """Assemble one status record (pure; ``now`` is injectable for tests)."""
-    now = time.time() if now is None else now
-    size = int(data["size"])
-    completed = min(size, sum(progress))
-    state = DownloadState(data["state"])
-    started = float(data["started"]) if "started" in data else None
-    resumed = int(data.get("resumed", "0"))
-    speed = 0.0
-    if started is not None and not state.finished and now > started:
-        speed = max(0.0, (completed - resumed) / (now - started))
-    eta = (size - completed) / speed if speed > 0 else None
-    failures = {_s(r): _s(e) for r, e in failed.items()}
-    last_error = data.get("error") or (next(iter(failures.values())) if failures else None)
-    return {
-        "gid": data["id"],
-        "state": state.value,
-        "status": _ARIA2_STATUS[state],
-        "url": redact_url(data["url"]),
-        "path": data["path"],
-        "totalLength": size,
-        "completedLength": completed,
-        "percent": round(100.0 * completed / size, 1) if size else 100.0,
-        "downloadSpeed": round(speed),
-        "eta": round(eta, 1) if eta is not None else None,
-        "numPieces": int(data["ranges"]),
-        "pieceLength": int(data["chunk_size"]),
-        "rangesDone": done,
-        "rangesInFlight": inflight,
-        "rangesFailed": len(failures),
-        "connections": inflight,
-        "errorMessage": last_error,
-        "workers": sorted(_s(w) for w in workers),
-        "sha256": data.get("sha256"),
-        "checksum": data.get("checksum"),
-    }
-
-
-_ARIA2_STATUS = {
-    DownloadState.QUEUED: "waiting",
-    DownloadState.RUNNING: "active",
-    DownloadState.VERIFYING: "active",
-    DownloadState.COMPLETE: "complete",
-    DownloadState.FAILED: "error",
-    DownloadState.CANCELLED: "removed",
-}
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else cast(str, value)
-
-
-def dumps(record: Mapping[str, Any]) -> str:
-    """One status record as JSON."""
-    return json.dumps(record, sort_keys=True)

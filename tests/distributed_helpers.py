@@ -2,8 +2,8 @@
 
 ``start_download`` does what ``rangefetch enqueue`` does, in the simplest
 way: probe, create the ``.part`` file at its size, record the
-``DownloadSpec`` and enqueue one arq job per range with ``enqueue_job``.
-(The producer's bulk enqueue replaces it once it exists.)
+``DownloadSpec`` and enqueue its range jobs (``rangefetch.queue``, as the
+producer does).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import httpx
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from rangefetch import PartFile, Settings, plan_ranges, probe
-from rangefetch.keys import range_job_id
+from rangefetch.queue import enqueue_ranges
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
 
@@ -78,9 +78,7 @@ async def start_download(
     )
     assert await Store(pool).create(spec)
     if enqueue:
-        for r in ranges:
-            job_id = range_job_id(spec.id, r.start, r.end)
-            await pool.enqueue_job("fetch_range", spec.id, r.start, r.end, _job_id=job_id)
+        await enqueue_ranges(pool, QUEUE, spec.id, ranges)
     return spec
 
 

@@ -315,7 +315,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 self.wfile.write(data)
             sent += n
-            if rate > 0:
+            # No pause after the last piece: the client has the whole body and
+            # may start its next request, which must not overlap this one.
+            if rate > 0 and sent < stop_at:
                 delay = t0 + sent / rate - time.monotonic()
                 if delay > 0 and owner._stop.wait(delay):
                     return self._abort()

@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 from rangeserver import RangeServer, RequestRecord
 
+import producer.cli
+import worker.cli
+from rangefetch.cli import setup_logging
+
 DATA = os.urandom(1_000_000)
 SHA = hashlib.sha256(DATA).hexdigest()
 NAME = "data.bin"
@@ -386,3 +390,25 @@ def test_secrets_in_the_url_never_reach_stderr(srv: RangeServer, tmp_path: Path,
         assert secret not in proc.stderr
         assert secret not in proc.stdout
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_one_logging_setup_for_every_command() -> None:
+    assert producer.cli.setup_logging is setup_logging and worker.cli.setup_logging is setup_logging
+    script = (
+        "import logging, sys\n"
+        "from rangefetch.cli import setup_logging\n"
+        "setup_logging(int(sys.argv[1]), sys.argv[2] == 'q')\n"
+        "print(logging.getLogger().level, logging.getLogger('httpx').level, logging.getLogger('httpcore').level)\n"
+    )
+    levels = {
+        args: subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for args in (("0", ""), ("1", ""), ("2", ""), ("2", "q"))
+    }
+    assert levels == {
+        ("0", ""): ["30", "30", "30"],
+        ("1", ""): ["20", "30", "30"],
+        ("2", ""): ["10", "30", "30"],
+        ("2", "q"): ["40", "30", "30"],
+    }

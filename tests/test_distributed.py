@@ -15,6 +15,7 @@ import pytest
 import redis
 from distributed_helpers import WorkerProcess, worker_env
 from rangeserver import RangeServer
+from redisserver import RedisServer
 
 from rangefetch import Range
 from rangefetch.keys import WORKERS, download_key
@@ -84,6 +85,41 @@ def test_get_redis_end_to_end(
     record = status(get.stderr.split("download ")[1].split()[0], env)
     assert (record["state"], record["completedLength"], record["sha256"]) == ("complete", len(data), digest)
     assert len(record["workers"]) == 2  # type: ignore[arg-type]
+
+
+def test_get_redis_rides_out_a_redis_restart(
+    server: RangeServer,
+    env: dict[str, str],
+    folder: Path,
+    redis_url: str,
+    redis_server: RedisServer,
+    workers: list[WorkerProcess],
+) -> None:
+    data = os.urandom(1024 * 1024)
+    server.add_file("restart.bin", data)
+    url = server.url("restart.bin", rate=128 * 1024)  # four ranges of 2 s each
+    get = subprocess.Popen(
+        [sys.executable, "-m", "rangefetch", "get", url, "--chunk-size", CHUNK, "-q"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        client = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 20
+        while not any(client.hvals(k) for k in client.scan_iter(download_key("*", "progress"))):
+            assert get.poll() is None and time.monotonic() < deadline, logs(workers)
+            time.sleep(0.1)
+        client.close()
+        # Down longer than an impatient connection retries (under a second).
+        redis_server.restart(down_for=2.0)
+        out, err = get.communicate(timeout=60)
+    finally:
+        if get.poll() is None:
+            get.kill()
+            get.communicate()
+    assert get.returncode == 0, err + logs(workers)
+    digest = hashlib.sha256(data).hexdigest()
+    assert out == f"{digest}  {folder / 'restart.bin'}\n"
+    assert hashlib.sha256((folder / "restart.bin").read_bytes()).hexdigest() == digest
 
 
 def test_cancel_then_resume(

@@ -9,11 +9,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import redis
 from rangeserver import RangeServer
 from redis.asyncio import Redis
+from redisserver import RedisServer
 
 from producer.enqueue import download_id
 from rangefetch.state import DownloadState
@@ -148,3 +151,33 @@ def test_failed_download_wait_prints_error(env: dict[str, str], url: str, redis_
     wait = rangefetch("wait", did, env=env)
     assert wait.returncode == 1
     assert wait.stderr == f"rangefetch: error: download {did} failed: HTTP 404 Not Found from 127.0.0.1\n"
+
+
+def test_wait_rides_out_a_redis_restart(
+    env: dict[str, str], url: str, redis_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    did = rangefetch("enqueue", url, env=env).stdout.strip()
+    wait = subprocess.Popen(
+        [sys.executable, "-m", "rangefetch", "wait", did],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        client = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 20
+        while len(client.client_list()) < 2:  # ours and wait's: it is following the download
+            assert wait.poll() is None and time.monotonic() < deadline, "wait never connected"
+            time.sleep(0.05)
+        client.close()
+        # Down longer than an impatient connection retries (under a second).
+        redis_server.restart(down_for=2.0)
+        set_state(redis_url, did, DownloadState.RUNNING, DownloadState.VERIFYING)
+        (tmp_path / "dl" / "data.bin").write_bytes(DATA)
+        set_state(redis_url, did, DownloadState.COMPLETE, sha256=SHA)
+        out, err = wait.communicate(timeout=60)
+    finally:
+        if wait.poll() is None:
+            wait.kill()
+            wait.communicate()
+    assert wait.returncode == 0, err
+    assert out == f"{SHA}  {tmp_path / 'dl' / 'data.bin'}\n"
+    assert hashlib.sha256((tmp_path / "dl" / "data.bin").read_bytes()).hexdigest() == SHA

@@ -326,7 +326,16 @@ def test_rate(srv: RangeServer) -> None:
     t0 = time.monotonic()
     body = request(srv.url("d", rate=1_000_000), {"Range": "bytes=0-199999"})[2]
     elapsed = time.monotonic() - t0
-    assert body == DATA[:200_000] and 0.18 <= elapsed <= 0.3
+    assert body == DATA[:200_000] and 0.15 <= elapsed <= 0.3  # ten pieces, a pause after each but the last
+
+
+def test_rate_does_not_pause_after_the_last_byte(srv: RangeServer) -> None:
+    # rate=4: one-byte pieces, 0.25 s apart.  Once the client has the whole
+    # body the response is over, so a request that follows it does not overlap it.
+    assert request(srv.url("d", rate=4), {"Range": "bytes=0-1"})[2] == DATA[:2]
+    time.sleep(0.05)
+    assert request(srv.url("d"), {"Range": "bytes=0-0"})[2] == DATA[:1]
+    assert srv.max_concurrent == 1
 
 
 def test_wrong_range(srv: RangeServer) -> None:

@@ -12,7 +12,6 @@ import fakeredis
 import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from producer.jobs import enqueue_jobs, finalize_job, range_job
 from producer.monitor import (
     cancel,
     follow,
@@ -35,6 +34,7 @@ from rangefetch import (
     plan_ranges,
 )
 from rangefetch.keys import download_key
+from rangefetch.queue import enqueue_jobs, finalize_job, range_job
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store, WorkerInfo
 
@@ -79,6 +79,17 @@ async def test_status_fields(store: Store) -> None:
     assert {"downloadSpeed", "eta", "path", "url", "sha256", "connections"} <= set(record)
     text = format_status(record)
     assert "running" in text and "1/4 done, 1 in flight, 1 failed" in text and "w1" in text
+
+
+async def test_progress_of_a_done_range_stays_full(store: Store) -> None:
+    rng = Range(0, 999)
+    await store.set_state("d1", DownloadState.RUNNING)
+    await store.set_progress("d1", rng, 400)
+    assert await store.progress("d1", rng) == 400
+    await store.mark_done("d1", rng, "aa")
+    await store.set_progress("d1", rng, 700)  # a zombie worker that lost its lease saves late
+    assert await store.progress("d1", rng) == 1000
+    assert (await status(store, "d1"))["completedLength"] == 1000
 
 
 async def test_status_hides_secrets(store: Store) -> None:

@@ -245,8 +245,7 @@ async def test_per_host_cap_holds_across_the_cluster(
     server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
 ) -> None:
     server.add_file("capped", DATA)
-    # Every response waits 0.1 s before its headers (not ``rate``, whose last
-    # pause comes after the last byte and would overlap the next request).
+    # Every response waits 0.1 s before its headers.
     url = server.url("capped", slow_headers=0.1, times=1000)
     spec = await start_download(pool, url, download_dir, chunk_size=32 * KiB)
     server.reset()

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,11 @@ from rangefetch import (
     plan_ranges,
 )
 from rangefetch.plan import Range
+from rangefetch.queue import enqueue_jobs, now_ms, range_job
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
 from worker.files import hash_file
-from worker.finalize import finalize_job, sweep_job
+from worker.finalize import QUEUED_GRACE, finalize_job, sweep_job
 from worker.jobs import fetch_range_job, host_key
 from worker.runtime import RUNTIME_KEY, Runtime
 from worker.settings import MAX_TRIES, create_worker, queue_read_limit, worker_settings
@@ -448,6 +450,38 @@ async def test_finalizer_redoes_a_corrupt_range(rt: Runtime) -> None:
     assert (rt.download_dir / "f.bin").read_bytes() == DATA
 
 
+async def backlog(rt: Runtime, count: int = 100) -> float:
+    """Another download's ``count`` range jobs, queued a minute ago (scores in the past); the lowest score."""
+    jobs = [range_job("big", r) for r in plan_ranges(count * 10, 10)]
+    queue = rt.settings.queue_name
+    await enqueue_jobs(rt.redis, queue, jobs, done_key=keys.download_key("big", "done"), now=now_ms() - 60_000)
+    (_, head), *_ = await rt.redis.zrange(queue, 0, 0, withscores=True)
+    return float(head)
+
+
+async def first_in_queue(rt: Runtime) -> str:
+    return str((await rt.redis.zrange(rt.settings.queue_name, 0, 0))[0].decode())
+
+
+async def test_finalizer_and_redone_ranges_jump_a_backlog(rt: Runtime) -> None:
+    spec = await record(rt)
+    await backlog(rt)
+    await fetch_all(rt)
+    assert await first_in_queue(rt) == keys.finalize_job_id(spec.id)  # not behind 100 ranges of "big"
+    await rt.redis.zrem(rt.settings.queue_name, keys.finalize_job_id(spec.id))  # a worker took it
+    await rt.redis.delete(job_key_prefix + keys.finalize_job_id(spec.id))
+    with open(rt.download_dir / "f.bin.part", "r+b") as f:
+        f.seek(CHUNK * 3)
+        f.write(bytes(b ^ 0xFF for b in DATA[CHUNK * 3 : CHUNK * 3 + 10]))
+    await finalize(rt)
+    bad = ranges()[3]
+    assert await first_in_queue(rt) == keys.range_job_id(spec.id, bad.start, bad.end)
+    await fetch(rt, bad)
+    await finalize(rt)
+    assert await rt.store.state(spec.id) is DownloadState.COMPLETE
+    assert sha((rt.download_dir / "f.bin").read_bytes()) == sha(DATA)
+
+
 async def test_verification_retries_are_bounded(redis: ArqRedis, tmp_path: Path, origin: Origin) -> None:
     rt = make_runtime(redis, tmp_path, origin, max_verify_retries=1)
     spec = await record(rt)
@@ -540,6 +574,43 @@ async def test_sweep_enqueues_missing_finalizers_and_lost_range_jobs(rt: Runtime
     await sweep_job(ctx(rt, "sweep:2"))
     enqueued = {k.decode() for k in await rt.redis.keys(job_key_prefix + "dl2:*")}
     assert enqueued == {job_key_prefix + keys.range_job_id("dl2", r.start, r.end) for r in ranges()[1:]}
+
+
+async def test_sweep_scores_lost_ranges_fairly(rt: Runtime) -> None:
+    spec = await record(rt)
+    await rt.store.set_state(spec.id, DownloadState.RUNNING)
+    head = await backlog(rt)
+    await sweep_job(ctx(rt, "sweep:1"))
+    ids = [keys.range_job_id(spec.id, r.start, r.end) for r in ranges()]
+    scores = [await rt.redis.zscore(rt.settings.queue_name, i) for i in ids]
+    assert scores == [head + k for k in range(len(ranges()))]  # interleaved with the backlog, not behind it
+
+
+async def test_sweep_re_enqueues_lost_ranges_of_a_download_left_queued(rt: Runtime) -> None:
+    spec = await record(rt)
+    await fetch(rt, ranges()[0])
+    await rt.store.set_state(spec.id, DownloadState.QUEUED)  # resumed, and its jobs lost before any ran
+    await sweep_job(ctx(rt, "sweep:1"))
+    assert not await rt.redis.keys(job_key_prefix + "*")  # just queued: the producer may still be enqueuing
+    await rt.redis.hset(keys.download_key(spec.id), "updated", str(time.time() - QUEUED_GRACE - 1))
+    await sweep_job(ctx(rt, "sweep:2"))
+    enqueued = {k.decode() for k in await rt.redis.keys(job_key_prefix + "*")}
+    assert enqueued == {job_key_prefix + keys.range_job_id(spec.id, r.start, r.end) for r in ranges()[1:]}
+    for rng in ranges()[1:]:
+        await fetch(rt, rng)
+    await finalize(rt)
+    assert await rt.store.state(spec.id) is DownloadState.COMPLETE
+    assert sha((rt.download_dir / "f.bin").read_bytes()) == sha(DATA)
+
+
+async def test_sweep_leaves_recently_requeued_downloads_alone(rt: Runtime) -> None:
+    spec = await record(rt)
+    await rt.redis.hset(keys.download_key(spec.id), "created", str(time.time() - 3600))
+    await rt.store.set_state(spec.id, DownloadState.CANCELLED)
+    await sweep_job(ctx(rt, "sweep:1"))
+    await rt.store.set_state(spec.id, DownloadState.QUEUED)  # resumed just now
+    await sweep_job(ctx(rt, "sweep:2"))
+    assert not await rt.redis.keys(job_key_prefix + "*")
 
 
 def _fields(spec: DownloadSpec) -> dict[str, Any]:

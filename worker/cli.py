@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from typing import Any
 
 import click
@@ -26,7 +25,7 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from rangefetch import QueueError, Settings, redact_url
-from rangefetch.cli import build_settings, run
+from rangefetch.cli import build_settings, run, setup_logging
 from rangefetch.connections import redis_settings
 
 from .runtime import RUNTIME_KEY, shutdown
@@ -36,6 +35,7 @@ __all__ = ["serve", "worker"]
 
 log = logging.getLogger(__name__)
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FIRST_RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
 
@@ -47,13 +47,8 @@ MAX_RESTART_DELAY = 30.0
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def worker(concurrency: int | None, burst: bool, redis_url: str | None, verbose: bool) -> None:
     """Fetch ranges and finalize downloads from the Redis queue until stopped."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request URL
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # A worker is a service: it logs what it does (info) by default, with times and sources.
+    setup_logging(2 if verbose else 1, fmt=LOG_FORMAT)
 
     async def main() -> None:
         settings = build_settings(worker_concurrency=concurrency, redis_url=redis_url)

@@ -27,12 +27,22 @@ range is done:
    the next one verifies the renamed file against the range digests and
    completes it.
 
+The finalizer and the ranges it sends back are enqueued at the front of the
+queue (``rangefetch.queue``, ``front=True``): they finish a download, and
+must not wait behind another download's backlog.
+
 The sweep (an arq cron job every 30 s, deduplicated across workers) looks at
 every running download: when all its ranges are done it enqueues the
 finalizer (a worker may have died between the last ``mark_done`` and the
 enqueue, or the enqueue may have met a finalizer that was just finishing),
 and otherwise it re-enqueues range jobs that arq lost (expired, or dropped
-after a timeout), so no download waits forever.
+after a timeout), so no download waits forever.  It does the same for a
+download that has been queued for ``QUEUED_GRACE`` seconds: one whose jobs
+were lost before any ran (say a resume raced the exit of a job of the
+cancelled download, and its job id was still taken) would otherwise stay
+queued forever.  The grace leaves a producer that is still writing the jobs
+alone; were they to overlap, nothing would happen twice, as job ids are
+deterministic.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from datetime import timedelta
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +70,19 @@ from rangefetch import (
     resolve_output,
 )
 from rangefetch.plan import Range
+from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec
 
 from .files import hash_file
-from .jobs import FETCH_RANGE, HARD_STOP_MARGIN, active_spec, enqueue_finalizer, fail
+from .jobs import HARD_STOP_MARGIN, active_spec, fail
 from .runtime import Runtime
 
-__all__ = ["JOB_TTL", "enqueue_ranges", "finalize_job", "sweep_job"]
+__all__ = ["QUEUED_GRACE", "finalize_job", "sweep_job"]
 
 log = logging.getLogger(__name__)
 
-JOB_TTL = timedelta(days=7)  # as the producer's jobs: a redone range may wait in a long queue
+QUEUED_GRACE = 60.0  # seconds a download may stay queued before the sweep looks for its lost jobs
 
 
 async def finalize_job(ctx: dict[str, Any], download_id: str) -> None:
@@ -126,7 +137,7 @@ async def _finalize(rt: Runtime, spec: DownloadSpec, state: DownloadState) -> No
         if state is DownloadState.VERIFYING:
             await store.set_state(spec.id, DownloadState.RUNNING)
         await _release(rt, spec.id)
-        await enqueue_ranges(rt, spec.id, missing)
+        await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, missing, front=True)
         return
     if state is not DownloadState.VERIFYING:
         await store.set_state(spec.id, DownloadState.VERIFYING)
@@ -171,7 +182,7 @@ async def _redo(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None:
     await store.set_state(spec.id, DownloadState.RUNNING)
     # Released before the enqueue, so the finalizer those ranges trigger finds the guard free.
     await _release(rt, spec.id)
-    await enqueue_ranges(rt, spec.id, bad)
+    await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, bad, front=True)
 
 
 async def _release(rt: Runtime, download_id: str) -> None:
@@ -194,51 +205,43 @@ def _source(part: PartFile, *, renamed_ok: bool) -> Path:
     raise DownloadError(f"part file missing: {part.part.name}")
 
 
-async def enqueue_ranges(rt: Runtime, download_id: str, ranges: list[Range]) -> int:
-    """Enqueue the range jobs of ``ranges`` (those not queued or running already); returns how many."""
-    added = 0
-    for rng in ranges:
-        job = await rt.redis.enqueue_job(
-            FETCH_RANGE,
-            download_id,
-            rng.start,
-            rng.end,
-            _job_id=keys.range_job_id(download_id, rng.start, rng.end),
-            _queue_name=rt.settings.queue_name,
-            _expires=JOB_TTL,
-        )
-        added += job is not None
-    return added
-
-
 async def sweep_job(ctx: dict[str, Any]) -> None:
-    """arq cron job ``sweep``: a finalizer for every finished running download, and lost range jobs back."""
+    """arq cron job ``sweep``: a finalizer for every finished download, and lost range jobs back."""
     rt = Runtime.of(ctx)
     async with rt.job(ctx):
         for download_id in await rt.store.list_ids():
             try:
-                await _sweep_one(rt, download_id)
+                await _sweep_one(rt, download_id, now=time.time())
             except (QueueError, RedisError, StateError) as exc:
                 log.warning("sweep: download %s: %s", download_id, exc)
 
 
-async def _sweep_one(rt: Runtime, download_id: str) -> None:
-    store = rt.store
-    state = await store.state(download_id)
-    if state not in (DownloadState.RUNNING, DownloadState.VERIFYING):
+async def _sweep_one(rt: Runtime, download_id: str, *, now: float) -> None:
+    store, queue = rt.store, rt.settings.queue_name
+    data = await store.get(download_id)
+    if data is None:
+        return
+    state = DownloadState(data["state"])
+    if state is DownloadState.QUEUED:
+        since = float(data.get("updated") or data.get("created") or 0)
+        if now - since < QUEUED_GRACE:
+            return
+    elif state not in (DownloadState.RUNNING, DownloadState.VERIFYING):
         return
     spec = await store.spec(download_id)
     if spec is None:
         return
     if await store.done_count(download_id) >= spec.ranges:
-        if await enqueue_finalizer(rt, download_id):
+        if await enqueue_finalizer(rt.redis, queue, download_id):
             log.info("sweep: enqueued the finalizer of download %s", download_id)
         return
-    if state is DownloadState.RUNNING:
+    if state is not DownloadState.VERIFYING:
         lost = await _lost_ranges(rt, spec)
         if lost:
-            added = await enqueue_ranges(rt, download_id, lost)
-            log.warning("sweep: download %s had %d ranges without a job; %d enqueued", download_id, len(lost), added)
+            added = await enqueue_ranges(rt.redis, queue, download_id, lost)
+            log.warning(
+                "sweep: %s download %s: %d ranges had no job; %d enqueued", state, download_id, len(lost), added
+            )
 
 
 async def _lost_ranges(rt: Runtime, spec: DownloadSpec) -> list[Range]:

@@ -67,6 +67,7 @@ from rangefetch import (
     keys,
 )
 from rangefetch.plan import Range
+from rangefetch.queue import enqueue_finalizer
 from rangefetch.redact import redact_url
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
@@ -75,10 +76,7 @@ from .files import hash_range, open_part, part_path
 from .runtime import Lease, Runtime
 
 __all__ = [
-    "FETCH_RANGE",
-    "FINALIZE",
     "active_spec",
-    "enqueue_finalizer",
     "fail",
     "fetch_range_job",
     "host_key",
@@ -86,8 +84,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FETCH_RANGE = "fetch_range"
-FINALIZE = "finalize"
 HARD_STOP_MARGIN = 0.1  # the hard stop comes this share of the job timeout before it
 
 
@@ -160,16 +156,8 @@ async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
     count = await store.mark_done(download_id, rng, digest)
     log.debug("range %s of %s done (%d of %d)", rng, download_id, count, spec.ranges)
     if count >= spec.ranges:
-        added = await enqueue_finalizer(rt, download_id)
+        added = await enqueue_finalizer(rt.redis, rt.settings.queue_name, download_id)
         log.info("download %s: all %d ranges done; finalizer %s", download_id, count, "enqueued" if added else "queued")
-
-
-async def enqueue_finalizer(rt: Runtime, download_id: str) -> bool:
-    """Enqueue the download's finalizer; ``False`` if one is queued or running already."""
-    job = await rt.redis.enqueue_job(
-        FINALIZE, download_id, _job_id=keys.finalize_job_id(download_id), _queue_name=rt.settings.queue_name
-    )
-    return job is not None
 
 
 async def _fetch(rt: Runtime, lease: Lease, spec: DownloadSpec, rng: Range, fd: int, done: int) -> _End:

@@ -40,8 +40,9 @@ What we choose
 * **SIGTERM**: arq cancels the running jobs; each fsyncs and records its
   bytes, releases its slots and re-raises, and arq re-queues it at its old
   place.  No work is lost and, progress being absolute, none is counted twice.
-* **Fairness**: the producer interleaves downloads in the queue.  Here,
-  jobs that find no connection slot are deferred by a jittered
+* **Fairness**: ``rangefetch.queue`` interleaves downloads in the queue
+  and puts finalizers and redone ranges at its front.  Here, jobs that
+  find no connection slot are deferred by a jittered
   ``jobs.slot_wait`` (so they do not hold worker slots), a download that
   holds its fair share of a busy host yields new slots to one that waits
   (``Store.acquire_fair``), and budget continuations keep their place.
@@ -60,9 +61,10 @@ from arq.worker import Worker, func
 
 from rangefetch import Settings
 from rangefetch.connections import redis_settings
+from rangefetch.queue import FETCH_RANGE, FINALIZE
 
 from .finalize import finalize_job, sweep_job
-from .jobs import FETCH_RANGE, FINALIZE, fetch_range_job
+from .jobs import fetch_range_job
 from .runtime import SETTINGS_KEY, shutdown, startup
 
 __all__ = ["MAX_TRIES", "SWEEP", "create_worker", "queue_read_limit", "worker_settings"]

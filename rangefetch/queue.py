@@ -1,4 +1,4 @@
-"""Writing arq jobs in bulk, in a fair order, and taking queued ones back out.
+"""The one way rangefetch puts arq jobs on the queue: in bulk, in a fair order; and takes them back out.
 
 Bulk
 ----
@@ -37,6 +37,15 @@ range due k milliseconds from now; 10,000 ranges spread over 10 s, far less
 than the time the workers need to take them.  Retries are scored by arq
 itself (``now + defer``) and go behind whatever is waiting.
 
+Jobs that finish a download go to the front instead: ``front=True`` scores
+them ``head - n, ..., head - 1``, before everything queued.  These are the
+finalizer and the ranges a finalizer sends back (they failed verification,
+or were missing): a download that is one step from done should not wait
+behind another download's backlog of ten thousand ranges whose scores lie
+in the past.  They are few, and a range is redone only
+``max_verify_retries`` times, so nothing is starved for long.  Lost ranges
+the sweep finds again get fair scores like any others.
+
 Job keys expire ``JOB_TTL_MS`` after their score rather than arq's one day: a
 range may wait in a long queue for longer than that, and an expired job would
 be a range that is never fetched.
@@ -54,8 +63,10 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from rangefetch import QueueError, Range
-from rangefetch.keys import finalize_job_id, range_job_id
+from . import scripts
+from .errors import QueueError
+from .keys import download_key, finalize_job_id, range_job_id
+from .plan import Range
 
 __all__ = [
     "BATCH",
@@ -63,15 +74,18 @@ __all__ = [
     "FINALIZE",
     "JOB_TTL_MS",
     "Job",
+    "enqueue_finalizer",
     "enqueue_jobs",
+    "enqueue_ranges",
     "fair_scores",
     "finalize_job",
+    "now_ms",
     "queue_head",
     "range_job",
     "remove_jobs",
 ]
 
-FETCH_RANGE = "fetch_range"
+FETCH_RANGE = "fetch_range"  # arq function names, as the worker registers them
 FINALIZE = "finalize"
 BATCH = 1000
 JOB_TTL_MS = 7 * 86_400_000
@@ -129,40 +143,6 @@ async def queue_head(redis: Redis, queue: str, *, now: int | None = None) -> int
     return min(now, int(first[0][1])) if first else now
 
 
-# KEYS[1] the queue, KEYS[2] the download's done set.
-# ARGV: job prefix, result prefix, retry prefix, now ms, TTL ms, then
-# (id, done member or '', score, payload) per job.
-_ENQUEUE = """
-local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-local added = 0
-for i = 6, #ARGV, 4 do
-  local id, member, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local job_key = ARGV[1] .. id
-  if (member == '' or redis.call('SISMEMBER', KEYS[2], member) == 0) and redis.call('EXISTS', job_key) == 0 then
-    redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
-    local px = math.max(tonumber(score) - now, 0) + ttl
-    redis.call('SET', job_key, ARGV[i + 3], 'PX', string.format('%d', px))
-    redis.call('ZADD', KEYS[1], score, id)
-    added = added + 1
-  end
-end
-return added
-"""
-
-# KEYS[1] the queue.  ARGV: job prefix, in-progress prefix, retry prefix, then job ids.
-_REMOVE = """
-local removed = 0
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
-    removed = removed + redis.call('ZREM', KEYS[1], id)
-    redis.call('DEL', ARGV[1] .. id, ARGV[3] .. id)
-  end
-end
-return removed
-"""
-
-
 async def enqueue_jobs(
     redis: Redis,
     queue: str,
@@ -170,6 +150,7 @@ async def enqueue_jobs(
     *,
     done_key: str,
     head: int | None = None,
+    front: bool = False,
     now: int | None = None,
     batch: int = BATCH,
 ) -> int:
@@ -178,13 +159,19 @@ async def enqueue_jobs(
     Jobs already queued or running, and ranges already in ``done_key``, are
     skipped, so calling this again is harmless.
 
+    Args:
+        head: the first score; by default the queue's head (``queue_head``).
+        front: score the jobs just before ``head``, so they run next.
+
     Raises:
         QueueError: Redis failed (batches written before the failure stay).
     """
     now = now_ms() if now is None else now
     if head is None:
         head = await queue_head(redis, queue, now=now)
-    script = redis.register_script(_ENQUEUE)
+    if front:
+        head -= len(jobs)
+    script = redis.register_script(scripts.ENQUEUE)
     scores = fair_scores(head, len(jobs))
     prefix = [job_key_prefix, result_key_prefix, retry_key_prefix, str(now), str(JOB_TTL_MS)]
     added = 0
@@ -199,13 +186,35 @@ async def enqueue_jobs(
     return added
 
 
+async def enqueue_ranges(
+    redis: Redis, queue: str, download_id: str, ranges: Sequence[Range], *, front: bool = False
+) -> int:
+    """Enqueue the range jobs of ``ranges`` that are not done, queued or running; returns how many.
+
+    Raises:
+        QueueError: Redis failed.
+    """
+    jobs = [range_job(download_id, r) for r in ranges]
+    return await enqueue_jobs(redis, queue, jobs, done_key=download_key(download_id, "done"), front=front)
+
+
+async def enqueue_finalizer(redis: Redis, queue: str, download_id: str) -> bool:
+    """Enqueue the download's finalizer at the front of the queue; ``False`` if one is queued or running.
+
+    Raises:
+        QueueError: Redis failed.
+    """
+    done_key = download_key(download_id, "done")
+    return bool(await enqueue_jobs(redis, queue, [finalize_job(download_id)], done_key=done_key, front=True))
+
+
 async def remove_jobs(redis: Redis, queue: str, job_ids: Iterable[str], *, batch: int = BATCH) -> int:
     """Take the jobs ``job_ids`` off ``queue`` unless a worker is running them; returns how many went.
 
     Raises:
         QueueError: Redis failed.
     """
-    script = redis.register_script(_REMOVE)
+    script = redis.register_script(scripts.REMOVE)
     ids = list(job_ids)
     removed = 0
     try:

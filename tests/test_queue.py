@@ -1,4 +1,4 @@
-"""Bulk, fair job writing (producer/jobs.py) against fakeredis."""
+"""Bulk, fair job writing (rangefetch/queue.py) against fakeredis."""
 
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from arq.jobs import Job as ArqJob
 from arq.jobs import JobStatus
 
-from producer.jobs import (
+from rangefetch import Range, plan_ranges
+from rangefetch.keys import download_key
+from rangefetch.queue import (
     JOB_TTL_MS,
+    enqueue_finalizer,
     enqueue_jobs,
+    enqueue_ranges,
     fair_scores,
     finalize_job,
     queue_head,
     range_job,
     remove_jobs,
 )
-from rangefetch import Range, plan_ranges
-from rangefetch.keys import download_key
 
 QUEUE = "rangefetch:queue"
 NOW = 1_700_000_000_000
@@ -96,6 +98,27 @@ async def test_two_downloads_interleave(redis: fakeredis.FakeAsyncRedis) -> None
     await enqueue_jobs(redis, QUEUE, jobs_for("small", 3), done_key="d2", now=NOW + 60_000)
     order = [m.decode().split(":")[0] for m in await redis.zrange(QUEUE, 0, 7)]
     assert order == ["big", "small", "big", "small", "big", "small", "big", "big"]
+
+
+async def test_front_jobs_go_before_a_backlog_in_order(redis: fakeredis.FakeAsyncRedis) -> None:
+    await enqueue_jobs(redis, QUEUE, jobs_for("big", 100), done_key="d1", now=NOW - 60_000)
+    await enqueue_jobs(redis, QUEUE, jobs_for("redo", 2), done_key="d2", front=True, now=NOW)
+    first = await redis.zrange(QUEUE, 0, 2, withscores=True)
+    assert [(m.decode(), int(s)) for m, s in first] == [
+        ("redo:0-9", NOW - 60_002), ("redo:10-19", NOW - 60_001), ("big:0-9", NOW - 60_000),
+    ]  # fmt: skip
+
+
+async def test_enqueue_ranges_and_finalizer(redis: fakeredis.FakeAsyncRedis) -> None:
+    await enqueue_jobs(redis, QUEUE, jobs_for("big", 10), done_key="d1", now=NOW)
+    ranges = plan_ranges(30, 10)
+    await redis.sadd(download_key("dl", "done"), "0-9")
+    assert await enqueue_ranges(redis, QUEUE, "dl", ranges) == 2  # fair: interleaved with "big"
+    assert await redis.zscore(QUEUE, "dl:10-19") == NOW + 1
+    assert await enqueue_ranges(redis, QUEUE, "dl", ranges, front=True) == 0
+    assert await enqueue_finalizer(redis, QUEUE, "dl")
+    assert not await enqueue_finalizer(redis, QUEUE, "dl")  # queued already
+    assert (await redis.zrange(QUEUE, 0, 0))[0] == b"dl:finalize"
 
 
 async def test_remove_jobs_keeps_running_ones(redis: fakeredis.FakeAsyncRedis) -> None:

@@ -1,0 +1,208 @@
+"""The Lua scripts behind rangefetch's atomic multi-key Redis updates.
+
+Redis runs a script without interleaving other commands, so each one is a
+check-and-set that cannot race another worker.  ``Store`` (``store.py``)
+and the job queue (``queue.py``) register them; each script states what its
+KEYS and ARGV hold.  Range members are ``"start-end"`` (``str(Range)``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACQUIRE",
+    "ACQUIRE_FAIR",
+    "ENQUEUE",
+    "MARK_DONE",
+    "REMOVE",
+    "RENEW",
+    "SET_PROGRESS",
+    "SET_STATE",
+]
+
+# -- downloads and ranges -------------------------------------------------------
+
+# Move a download to a new state if its current state allows it.
+# KEYS[1] the download hash.
+# ARGV[1] new state, ARGV[2] now (unix seconds), ARGV[3..] the states that may become ARGV[1].
+# Returns {1, previous} on success, {0, current} if the transition is illegal, {-1, ''} if unknown.
+SET_STATE = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1, ''} end
+for i = 3, #ARGV do
+  if ARGV[i] == current then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
+    return {1, current}
+  end
+end
+return {0, current}
+"""
+
+# Record a range as finished: done, full progress, digest; no longer in flight or failed.
+# KEYS[1] done set, KEYS[2] progress hash, KEYS[3] digest hash, KEYS[4] inflight hash, KEYS[5] failed hash.
+# ARGV[1] range member, ARGV[2] its length, ARGV[3] its sha256.
+# Returns how many ranges are done.
+MARK_DONE = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+return redis.call('SCARD', KEYS[1])
+"""
+
+# Record a range's fsynced bytes unless the range is done already: a worker
+# that lost its lease (a zombie) must not turn a finished range's full
+# length back into the few bytes it had written.
+# KEYS[1] done set, KEYS[2] progress hash.
+# ARGV[1] range member, ARGV[2] bytes fsynced (an absolute count).
+# Returns 1 if recorded, 0 if the range was done.
+SET_PROGRESS = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# -- connection slots -------------------------------------------------------------
+#
+# Counting semaphores as sorted sets of lease tokens scored by expiry, so a
+# lease held by a worker that died frees itself.  All keys are acquired or none.
+
+# KEYS: the semaphores.  ARGV[1] token, ARGV[2] ttl (seconds), ARGV[2 + i] the limit of KEYS[i].
+# Returns 1 if a slot was taken in every semaphore, else 0 (and none was taken).
+ACQUIRE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local token, ttl = ARGV[1], tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', t)
+  if not redis.call('ZSCORE', key, token) and redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then
+    return 0
+  end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, t + ttl, token)
+  redis.call('EXPIRE', key, math.ceil(ttl) + 60)
+end
+return 1
+"""
+
+# Extend a token's leases.
+# KEYS: the semaphores.  ARGV[1] token, ARGV[2] ttl (seconds).
+RENEW = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', t + tonumber(ARGV[2]), ARGV[1])
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[2])) + 60)
+end
+return 1
+"""
+
+# Like ACQUIRE, but the first semaphore (a server host) is shared fairly
+# among the downloads using it.  Tokens are "OWNER:..." (range job ids are
+# "DOWNLOAD:START-END").  A download that finds the host full while holding
+# less than its fair share (the limit divided by the downloads holding or
+# waiting) records itself in the waiters zset; while someone else waits, a
+# download at or above its share gets no new slot.  So one huge download
+# gives slots up to a small one as its ranges finish or yield, instead of
+# taking every freed slot back at once.
+# KEYS[1] the shared semaphore, KEYS[2] its waiters (zset: owner -> last wait), KEYS[3..] other semaphores.
+# ARGV[1] token, ARGV[2] ttl, ARGV[3] owner, ARGV[4] wait_ttl, ARGV[5] the shared limit,
+# ARGV[3 + i] the limit of KEYS[i] for i >= 3.
+# Returns 1 if a slot was taken in every semaphore, else 0.
+ACQUIRE_FAIR = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local token, ttl, owner, wait_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local shared, waiters = KEYS[1], KEYS[2]
+redis.call('ZREMRANGEBYSCORE', shared, '-inf', t)
+redis.call('ZREMRANGEBYSCORE', waiters, '-inf', t - wait_ttl)
+if not redis.call('ZSCORE', shared, token) then
+  local limit = tonumber(ARGV[5])
+  local holders = redis.call('ZRANGE', shared, 0, -1)
+  local owners, count, mine, others_wait = {}, 0, 0, false
+  owners[owner] = true
+  count = 1
+  for _, m in ipairs(holders) do
+    local o = string.match(m, '^(.*):')
+    if o == owner then
+      mine = mine + 1
+    elseif o and not owners[o] then
+      owners[o] = true
+      count = count + 1
+    end
+  end
+  for _, w in ipairs(redis.call('ZRANGE', waiters, 0, -1)) do
+    if w ~= owner then
+      others_wait = true
+      if not owners[w] then
+        owners[w] = true
+        count = count + 1
+      end
+    end
+  end
+  local fair = math.ceil(limit / count)
+  if others_wait and mine >= fair then return 0 end
+  if #holders >= limit then
+    if mine < fair then
+      redis.call('ZADD', waiters, t, owner)
+      redis.call('EXPIRE', waiters, math.ceil(wait_ttl) + 60)
+    end
+    return 0
+  end
+end
+for i = 3, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', t)
+  if not redis.call('ZSCORE', KEYS[i], token) and redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 + i]) then
+    return 0
+  end
+end
+for i, key in ipairs(KEYS) do
+  if i ~= 2 then
+    redis.call('ZADD', key, t + ttl, token)
+    redis.call('EXPIRE', key, math.ceil(ttl) + 60)
+  end
+end
+redis.call('ZREM', waiters, owner)
+return 1
+"""
+
+# -- the arq queue (queue.py) -------------------------------------------------------
+
+# Write arq jobs as ``enqueue_job`` would, skipping those queued or running
+# already and ranges that are done.
+# KEYS[1] the queue, KEYS[2] the download's done set.
+# ARGV[1] job key prefix, ARGV[2] result prefix, ARGV[3] retry prefix, ARGV[4] now (ms), ARGV[5] TTL (ms),
+# then (id, done member or '', score, payload) per job.
+# Returns how many jobs were added.
+ENQUEUE = """
+local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local added = 0
+for i = 6, #ARGV, 4 do
+  local id, member, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local job_key = ARGV[1] .. id
+  if (member == '' or redis.call('SISMEMBER', KEYS[2], member) == 0) and redis.call('EXISTS', job_key) == 0 then
+    redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
+    local px = math.max(tonumber(score) - now, 0) + ttl
+    redis.call('SET', job_key, ARGV[i + 3], 'PX', string.format('%d', px))
+    redis.call('ZADD', KEYS[1], score, id)
+    added = added + 1
+  end
+end
+return added
+"""
+
+# Take queued jobs off the queue unless a worker is running them.
+# KEYS[1] the queue.  ARGV[1] job key prefix, ARGV[2] in-progress prefix, ARGV[3] retry prefix, ARGV[4..] job ids.
+# Returns how many jobs were removed.
+REMOVE = """
+local removed = 0
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
+    removed = removed + redis.call('ZREM', KEYS[1], id)
+    redis.call('DEL', ARGV[1] .. id, ARGV[3] .. id)
+  end
+end
+return removed
+"""
