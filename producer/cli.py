@@ -20,7 +20,7 @@ import click
 from arq.connections import ArqRedis
 
 from rangefetch import Checksum, Settings, Tracker, hash_fd, parse_header
-from rangefetch.cli import build_settings, run, setup_logging
+from rangefetch.cli import build_settings, request_options, run, setup_logging
 from rangefetch.connections import open_redis
 from rangefetch.display import show_progress
 from rangefetch.errors import RangefetchError
@@ -64,10 +64,7 @@ async def _connect(settings: Settings, *, patient: bool = False) -> AsyncIterato
 @click.argument("url")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write, inside the download directory.")
 @click.option("-d", "--dir", "directory", type=click.Path(path_type=Path), help="Folder inside the download directory.")
-@click.option("-c", "--connections", type=int, help="Concurrent connections for this download (default 16).")
-@click.option("--chunk-size", help="Bytes per range, e.g. 8M (default: chosen from the file size).")
-@click.option("--checksum", help="Verify the result: ALGO=HEX with md5, sha1, sha256 or sha512.")
-@click.option("-H", "--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
+@request_options
 @_common
 def enqueue(
     url: str,

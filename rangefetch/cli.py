@@ -25,9 +25,10 @@ from .progress import Tracker
 from .settings import Settings
 from .verify import Checksum
 
-__all__ = ["build_settings", "main", "run", "setup_logging"]
+__all__ = ["build_settings", "main", "request_options", "run", "setup_logging"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
 LOG_FORMAT = "rangefetch: %(message)s"
 
@@ -85,6 +86,21 @@ class _Group(click.Group):
         return command
 
 
+def request_options(fn: F) -> F:
+    """The options that shape one download request, shared by ``get`` and ``enqueue``."""
+    for option in reversed(_REQUEST_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+_REQUEST_OPTIONS = (
+    click.option("-c", "--connections", type=int, help="Concurrent connections (default 16)."),
+    click.option("--chunk-size", help="Bytes per range, e.g. 8M (default: chosen from the file size)."),
+    click.option("--checksum", help="Verify the result: ALGO=HEX with md5, sha1, sha256 or sha512."),
+    click.option("-H", "--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable)."),
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rangefetch")
 def cli() -> None:
@@ -97,10 +113,7 @@ def cli() -> None:
 @click.option(
     "-d", "--dir", "directory", type=click.Path(path_type=Path), help="Save in this directory, named by the server."
 )
-@click.option("-c", "--connections", type=int, help="Concurrent connections (default 16).")
-@click.option("--chunk-size", help="Bytes per range, e.g. 8M (default: chosen from the file size).")
-@click.option("--checksum", help="Verify the result: ALGO=HEX with md5, sha1, sha256 or sha512.")
-@click.option("-H", "--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
+@request_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("--redis", "redis_url", help="Run distributed through this Redis (default: RANGEFETCH_REDIS_URL).")
