@@ -101,6 +101,10 @@ def build_tools(args: argparse.Namespace) -> list[Tool]:
         rf_missing = None if script.exists() else f"console script not found: {script}"
     tools = [
         Tool("rangefetch", (*rf_prefix, "get", "{url}", "-o", "{out}", "-c", c, "-q"), rf_missing),
+        # Distributed mode: a private redis-server and 2 workers, counted with the command.
+        Tool("rangefetch-2w", ("/bin/sh", str(Path(__file__).resolve().parent / "dist.sh"), "2", "{url}",
+                               "{out}", *rf_prefix), rf_missing or (None if shutil.which("redis-server")
+                                                                    else "not installed: redis-server")),
         Tool("aria2c", ("aria2c", "--no-conf", "--no-netrc", f"-x{c}", f"-s{c}", "-k1M",
                         "--file-allocation=none", "--allow-overwrite=true",
                         "--auto-file-renaming=false", "-d", "{dir}", "-o", "{name}", "-q", "{url}")),
@@ -350,7 +354,8 @@ def machine_facts(tools: list[Tool]) -> dict[str, str]:
                platform.machine())
     facts = {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
              "python": platform.python_version(), "nginx": first_line(["nginx", "-v"])}
-    facts.update({t.name: first_line([t.argv[0], "--version"]) for t in tools if not t.missing})
+    facts.update({t.name: first_line([t.argv[0], "--version"]) for t in tools
+                  if not t.missing and t.argv[0] != "/bin/sh"})  # a wrapper has no version
     return facts
 
 

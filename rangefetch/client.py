@@ -17,6 +17,7 @@ from .errors import (
 from .plan import Range
 from .redact import redact_url
 from .settings import Settings
+from .transport import FastTransport, read_size_for
 
 __all__ = ["BASE_HEADERS", "check_url", "make_client", "parse_header", "translate_error"]
 
@@ -66,7 +67,8 @@ def make_client(settings: Settings, *, headers: dict[str, str] | None = None) ->
     """An ``httpx.AsyncClient`` configured from ``settings``.
 
     The read timeout is the stall timeout: httpx raises when no byte arrives
-    for that long, which is exactly a stall.
+    for that long, which is exactly a stall.  With ``settings.fast_path``
+    plain-http requests go through ``transport.FastTransport``.
     """
     timeout = httpx.Timeout(
         connect=settings.timeouts.connect,
@@ -78,9 +80,16 @@ def make_client(settings: Settings, *, headers: dict[str, str] | None = None) ->
         max_connections=settings.connections + 2,
         max_keepalive_connections=settings.connections + 2,
     )
+    # The fast path is a transport of ours (transport.py); without it httpx
+    # builds its stock transport from ``limits``.
+    transport = None
+    if settings.fast_path:
+        read_size = read_size_for(settings.read_size, settings.connections)
+        transport = FastTransport(limits=limits, read_size=read_size)
     return httpx.AsyncClient(
         timeout=timeout,
         limits=limits,
+        transport=transport,
         follow_redirects=True,
         max_redirects=10,
         headers={"User-Agent": settings.user_agent, **BASE_HEADERS, **(headers or {})},

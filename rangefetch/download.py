@@ -31,7 +31,7 @@ from .record import ResumeRecord
 from .retry import Backoff
 from .settings import Settings
 from .sink import FileWriter, PartFile
-from .verify import Checksum, hash_fd, verify_size
+from .verify import Checksum, PrefixHasher, verify_size
 
 __all__ = ["DownloadResult", "download", "download_sync", "output_candidates"]
 
@@ -134,9 +134,15 @@ class _Transfer:
         ranged = remote.ranges and remote.size is not None and remote.size > 0
         record, keep = self._resume_record() if ranged else (None, False)
         fd = self.part.open(remote.size, keep=keep)
+        wanted = {"sha256"} | ({checksum.algorithm} if checksum else set())
+        # Hashes the file while it is written, so little is left at the end.
+        hasher = PrefixHasher(fd, wanted)
         try:
-            async with FileWriter(fd) as writer:
+            hasher.start()
+            async with FileWriter(fd, on_written=hasher.written) as writer:
                 if record is not None:
+                    for done in record.ranges():  # on disk from an earlier run
+                        hasher.written(done.start, done.length)
                     size = remote.size or 0
                     todo = plan_ranges(size, record.chunk_size, skip=record.ranges())
                     self.tracker.start(size, size - sum(r.length for r in todo))
@@ -156,10 +162,9 @@ class _Transfer:
                 else:
                     self.tracker.start(0)
                     size = 0
-            wanted = {"sha256"} | ({checksum.algorithm} if checksum else set())
             try:
                 verify_size(fd, remote.size if remote.size is not None else size, url=remote.url)
-                digests = await hash_fd(fd, wanted)
+                digests = await hasher.result()
                 if checksum is not None:
                     checksum.check(digests, url=remote.url)
             except VerificationError:
@@ -167,6 +172,7 @@ class _Transfer:
                 raise
             self.part.commit()
         finally:
+            hasher.close()
             os.close(fd)
         return DownloadResult(
             self.part.final, size, digests["sha256"], self.tracker.resumed, time.monotonic() - began, remote

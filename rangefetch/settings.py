@@ -111,7 +111,10 @@ class Settings(BaseSettings):
     )
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     retry: RetryPolicy = DEFAULT_RETRY
-    read_size: Size = Field(1024 * 1024, description="largest socket read on the fast path")
+    read_size: Size = Field(1024 * 1024, ge=4096, description="largest socket read on the fast path")
+    fast_path: bool = Field(
+        True, description="http:// over rangefetch.transport (direct socket reads); False: httpx's stock transport"
+    )
     checkpoint_interval: float = Field(2.0, gt=0, description="seconds between resume-record saves")
     user_agent: str = "rangefetch/0.1"
     download_dir: Path = Field(Path("."), description="where downloads land; outputs never leave it")

@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -30,7 +31,10 @@ __all__ = ["FileWriter", "PartFile", "allocate"]
 
 log = logging.getLogger(__name__)
 
-WRITE_BUDGET = 16 * 1024 * 1024  # bytes queued for the writer thread at most
+# Bytes queued for the writer thread at most.  4 MiB absorbs the writer
+# thread losing the CPU for a time slice at ~1 GB/s; more only adds to the
+# peak RSS (bench/README.md, "Levers tried").
+WRITE_BUDGET = 4 * 1024 * 1024
 MAX_PWRITE = 512 * 1024  # bytes per pwrite call: keeps each syscall short
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -63,10 +67,19 @@ class FileWriter:
     more than ``budget`` bytes are queued; ``flush`` returns once everything
     queued before it is written and fsynced.  Leaving the block waits for the
     queued writes and raises ``DownloadError`` if any of them failed.
+    ``on_written`` hears of each finished write (``verify.PrefixHasher``).
     """
 
-    def __init__(self, fd: int, *, budget: int = WRITE_BUDGET, max_pwrite: int = MAX_PWRITE) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        budget: int = WRITE_BUDGET,
+        max_pwrite: int = MAX_PWRITE,
+        on_written: Callable[[int, int], None] | None = None,
+    ) -> None:
         self._fd = fd
+        self._on_written = on_written  # called in the writer thread with (offset, length) of each finished write
         self._budget = budget
         self._max_pwrite = max_pwrite
         self._queue: queue.SimpleQueue[tuple[int, bytes] | asyncio.Future[None] | None] = queue.SimpleQueue()
@@ -144,6 +157,8 @@ class FileWriter:
                         written = os.pwrite(fd, view[:max_pwrite], offset)
                         view = view[written:]
                         offset += written
+                    if self._on_written is not None:
+                        self._on_written(item[0], len(data))
                 call(self._release, len(data))
             except OSError as exc:
                 self._error = exc

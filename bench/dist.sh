@@ -1,0 +1,40 @@
+#!/bin/sh
+# rangefetch in distributed mode as one benchmark command:
+#   dist.sh WORKERS URL OUT RANGEFETCH...
+# starts a private redis-server and WORKERS `rangefetch worker` processes,
+# runs `rangefetch get URL -o OUT -c 16 -q --redis ...`, then stops the
+# workers and redis and waits for them, so their CPU time and peak RSS are
+# counted with the command's (run.py reads them with wait4).
+set -u
+workers=$1 url=$2 out=$3
+shift 3
+dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
+redis=$!
+i=0
+until redis-cli -p "$port" ping >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ "$i" -gt 100 ]; then echo "dist.sh: redis-server did not start" >&2; kill "$redis"; exit 1; fi
+    sleep 0.05
+done
+url_redis="redis://127.0.0.1:$port/0"
+# Distributed mode keeps outputs inside the download directory.
+RANGEFETCH_DOWNLOAD_DIR=$(dirname "$out")
+export RANGEFETCH_DOWNLOAD_DIR
+pids=""
+n=0
+while [ "$n" -lt "$workers" ]; do
+    "$@" worker -c $((16 / workers)) --redis "$url_redis" >>"$dir/worker.log" 2>&1 &
+    pids="$pids $!"
+    n=$((n + 1))
+done
+"$@" get "$url" -o "$out" -c 16 -q --redis "$url_redis"
+rc=$?
+kill -TERM $pids 2>/dev/null
+wait $pids 2>/dev/null
+kill -TERM "$redis" 2>/dev/null
+wait "$redis" 2>/dev/null
+[ "$rc" -ne 0 ] && tail -n 3 "$dir/worker.log" >&2
+rm -rf "$dir"
+exit "$rc"
