@@ -4,7 +4,8 @@
 # starts a private redis-server and WORKERS `rangefetch worker` processes,
 # runs `rangefetch get URL -o OUT -c 16 -q --redis ...`, then stops the
 # workers and redis and waits for them, so their CPU time and peak RSS are
-# counted with the command's (run.py reads them with wait4).
+# counted with the command's (run.py reads them with wait4).  The download's
+# own seconds (after the workers are up) go to OUT.seconds for the throughput.
 set -u
 workers=$1 url=$2 out=$3
 shift 3
@@ -29,8 +30,18 @@ while [ "$n" -lt "$workers" ]; do
     pids="$pids $!"
     n=$((n + 1))
 done
+# Start timing once every worker has announced itself, as in a running cluster.
+i=0
+until [ "$(redis-cli -p "$port" ZCARD rangefetch:workers 2>/dev/null)" -ge "$workers" ] 2>/dev/null; do
+    i=$((i + 1))
+    if [ "$i" -gt 300 ]; then echo "dist.sh: workers did not start" >&2; break; fi
+    sleep 0.05
+done
+t0=$(date +%s.%N)
 "$@" get "$url" -o "$out" -c 16 -q --redis "$url_redis"
 rc=$?
+t1=$(date +%s.%N)
+[ "$rc" -eq 0 ] && echo "$t0 $t1" | awk '{ printf "%.3f\n", $2 - $1 }' >"$out.seconds"
 kill -TERM $pids 2>/dev/null
 wait $pids 2>/dev/null
 kill -TERM "$redis" 2>/dev/null

@@ -84,6 +84,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Each running range job has its own writer: a worker running 8 jobs keeps
+# 8 x this queued at most, so its memory stays near embedded mode's.
+JOB_WRITE_BUDGET = 1024 * 1024
 HARD_STOP_MARGIN = 0.1  # the hard stop comes this share of the job timeout before it
 
 
@@ -215,7 +218,7 @@ class _Transfer:
         """
         failure: TransientError | RetriesExhaustedError | None = None
         end = _End.DONE
-        async with FileWriter(self.fd) as writer:
+        async with FileWriter(self.fd, budget=JOB_WRITE_BUDGET) as writer:
             try:
                 end = await self._loop(_Bounded(writer, self.rng))
             except (TransientError, RetriesExhaustedError) as exc:
