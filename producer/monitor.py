@@ -37,7 +37,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.5  # seconds between polls of a download's state
+POLL_INTERVAL = 0.5  # seconds between refreshes of `status --watch`
+FOLLOW_INTERVAL = 0.1  # seconds between polls of `wait` and `get --redis`: a pipeline of six reads
 NO_WORKERS_AFTER = 10.0  # seconds a download may wait before "no live workers" is said
 
 
@@ -129,7 +130,7 @@ async def follow(
     download_id: str,
     *,
     on_status: Callable[[dict[str, Any]], None] | None = None,
-    interval: float = POLL_INTERVAL,
+    interval: float = FOLLOW_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Poll a download until it is finished; returns its last status record.

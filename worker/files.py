@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from rangefetch import DownloadError, PartFile, VerificationError, resolve_output
@@ -114,33 +115,51 @@ async def hash_file(
 def _hash_file_blocking(
     path: Path, size: int, ranges: list[Range], algorithms: list[str], stop: threading.Event
 ) -> tuple[list[str], dict[str, str]]:
+    # Every byte is hashed twice (its range's sha256 and the whole file's
+    # digests).  hashlib releases the GIL on large buffers, so the whole-file
+    # update of one block runs in a second thread while this one does the
+    # range update: two buffers, and a buffer is refilled only after the
+    # update that read it has finished.
     whole = [hashlib.new(a) for a in algorithms]
     digests: list[str] = []
-    view = memoryview(bytearray(HASH_BLOCK))
+    views = [memoryview(bytearray(HASH_BLOCK)) for _ in range(2)]
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise DownloadError(f"cannot read {path.name}: {exc.strerror}") from exc
+
+    def update_whole(chunk: memoryview) -> None:
+        for w in whole:
+            w.update(chunk)
+
+    pending: Future[None] | None = None
+    turn = 0
     try:
-        actual = os.fstat(fd).st_size
-        if actual != size:
-            raise VerificationError(f"size mismatch: expected {size} bytes, {path.name} has {actual}")
-        for rng in ranges:
-            h = hashlib.sha256()
-            offset, remaining = rng.start, rng.length
-            while remaining > 0:
-                if stop.is_set():
-                    raise DownloadError("hashing stopped")
-                n = os.preadv(fd, [view[: min(HASH_BLOCK, remaining)]], offset)
-                if n == 0:
-                    raise VerificationError(f"{path.name} ends inside range {rng}", range=rng)
-                chunk = view[:n]
-                h.update(chunk)
-                for w in whole:
-                    w.update(chunk)
-                offset += n
-                remaining -= n
-            digests.append(h.hexdigest())
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rangefetch-hash") as pool:
+            actual = os.fstat(fd).st_size
+            if actual != size:
+                raise VerificationError(f"size mismatch: expected {size} bytes, {path.name} has {actual}")
+            for rng in ranges:
+                h = hashlib.sha256()
+                offset, remaining = rng.start, rng.length
+                while remaining > 0:
+                    if stop.is_set():
+                        raise DownloadError("hashing stopped")
+                    view = views[turn]
+                    turn ^= 1
+                    n = os.preadv(fd, [view[: min(HASH_BLOCK, remaining)]], offset)
+                    if n == 0:
+                        raise VerificationError(f"{path.name} ends inside range {rng}", range=rng)
+                    chunk = view[:n]
+                    if pending is not None:
+                        pending.result()  # the other buffer is free again
+                    pending = pool.submit(update_whole, chunk)
+                    h.update(chunk)
+                    offset += n
+                    remaining -= n
+                digests.append(h.hexdigest())
+            if pending is not None:
+                pending.result()
     except OSError as exc:
         raise DownloadError(f"cannot read {path.name}: {exc.strerror}") from exc
     finally:
