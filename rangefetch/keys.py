@@ -8,6 +8,7 @@ with ``rangefetch:``.
 from __future__ import annotations
 
 __all__ = [
+    "DEFAULT_QUEUE",
     "DOWNLOADS",
     "PREFIX",
     "WORKERS",
@@ -37,9 +38,6 @@ WORKERS = PREFIX + "workers"  # zset: worker id -> last heartbeat (unix seconds)
 #   "attempts"  hash: range -> range job runs in a row that made no progress
 #   "workers"   set: worker ids that worked on it
 #   "finalize"  string: guard so the finalizer runs once
-DOWNLOAD_PARTS = (
-    "", "headers", "done", "progress", "digest", "inflight", "failed", "redo", "attempts", "workers", "finalize",
-)  # fmt: skip
 
 
 def download_key(download_id: str, part: str = "") -> str:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .keys import DEFAULT_QUEUE
 from .plan import parse_size
 
 __all__ = ["DEFAULT_JOBS", "DEFAULT_RETRY", "DEFAULT_TIMEOUTS", "JobLimits", "RetryPolicy", "Settings", "Timeouts"]
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
     user_agent: str = "rangefetch/0.1"
     download_dir: Path = Field(Path("."), description="where downloads land; outputs never leave it")
     redis_url: str | None = Field(None, description="Redis for distributed mode; unset means embedded")
-    queue_name: str = "rangefetch:queue"
+    queue_name: str = DEFAULT_QUEUE
     per_host_connections: int = Field(16, ge=1, description="cluster-wide connection cap per host")
     worker_concurrency: int = Field(8, ge=1, description="range jobs one worker process runs at once")
     cluster_size: int = Field(8, ge=1, description="worker processes expected; sizes the queue read limit")
