@@ -123,14 +123,17 @@ def build_tools(args: argparse.Namespace) -> list[Tool]:
 
 
 def ensure_source(www: Path, size: int) -> str:
-    """Create (or reuse) ``www/source.bin`` of ``size`` random bytes; return its sha256."""
+    """Create (or reuse) ``www/source.bin`` of ``size`` random bytes; return its sha256.
+
+    A reused file is hashed again on every run (about a second per GiB): a
+    cached digest was once found stale after the machine was restored from a
+    snapshot, which made every tool look corrupt.
+    """
     www.mkdir(parents=True, exist_ok=True)
-    src, meta = www / SOURCE_NAME, www / (SOURCE_NAME + ".sha256.json")
-    if src.exists() and meta.exists():
-        cached = json.loads(meta.read_text())
-        if cached.get("size") == size == src.stat().st_size \
-                and cached.get("mtime_ns") == src.stat().st_mtime_ns:
-            return str(cached["sha256"])
+    src = www / SOURCE_NAME
+    if src.exists() and src.stat().st_size == size:
+        with src.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
     print(f"generating {size / MIB:g} MiB of random data in {src} ...", file=sys.stderr)
     digest, tmp = hashlib.sha256(), src.with_suffix(".tmp")
     with tmp.open("wb") as f:
@@ -138,9 +141,9 @@ def ensure_source(www: Path, size: int) -> str:
             chunk = os.urandom(min(size - offset, 8 * MIB))
             digest.update(chunk)
             f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(src)  # never rewrite a file nginx may be serving in place
-    meta.write_text(json.dumps({"size": size, "sha256": digest.hexdigest(),
-                                "mtime_ns": src.stat().st_mtime_ns}))
     return digest.hexdigest()
 
 
