@@ -147,6 +147,21 @@ def ensure_source(www: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+def wait_for_phase(phase: float) -> None:
+    """Sleep until the wall clock's fraction of a second is ``phase``.
+
+    nginx's rate limit counts whole seconds (``ngx_time()``) from each
+    connection's start: a connection opened late in a second may burst up
+    to a second's worth of data at once, one opened early in it almost
+    nothing.  Started right after the previous run (which ends on such a
+    tick), a tool would get the same burst every time, set by its own
+    start-up time, and differ from the others by up to 1 s of cap.  Repeat
+    ``i`` of ``N`` starts at phase ``(i + 0.5) / N`` instead, so every tool
+    meets the same spread of phases.
+    """
+    time.sleep((phase - time.time() % 1.0) % 1.0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -429,6 +444,8 @@ def main() -> int:
             runs: dict[str, list[Run]] = {t.name: [] for t in tools}
             for i in range(args.repeat):  # interleave tools so drift hits all of them alike
                 for t in tools:
+                    if scen == "capped":
+                        wait_for_phase((i + 0.5) / args.repeat)
                     run = run_once(t, url, dl / f"{t.name}.bin", source_sha, timeout, env,
                                    logs / f"{scen}-{t.name}-{i}.log", nginx.access_log)
                     runs[t.name].append(run)
