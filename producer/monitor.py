@@ -7,7 +7,6 @@ scrubbed of the download's URL in case a message quoted it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +18,7 @@ from redis.asyncio import Redis
 
 from rangefetch import CancelledDownloadError, DownloadError, Settings, UsageError, plan_ranges, redact_url
 from rangefetch.display import format_bytes
-from rangefetch.keys import finalize_job_id, range_job_id
+from rangefetch.keys import finalize_job_id, range_job_id, state_channel
 from rangefetch.queue import remove_jobs
 from rangefetch.state import DownloadState
 from rangefetch.store import Store, WorkerInfo
@@ -38,7 +37,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.5  # seconds between refreshes of `status --watch`
-FOLLOW_INTERVAL = 0.1  # seconds between polls of `wait` and `get --redis`: a pipeline of six reads
+FOLLOW_INTERVAL = 0.25  # seconds between progress polls of `wait` and `get --redis`; state changes wake them at once
 NO_WORKERS_AFTER = 10.0  # seconds a download may wait before "no live workers" is said
 
 
@@ -98,6 +97,8 @@ def format_status(record: dict[str, Any]) -> str:
         f"  url:     {record['url']}",
         f"  path:    {record['path']}",
     ]
+    if record["verifiedLength"] and record["state"] in ("running", "verifying"):
+        lines.append(f"  verified: {format_bytes(record['verifiedLength'])} in order, as ranges finish")
     if record["workers"]:
         lines.append(f"  workers: {', '.join(record['workers'])}")
     if record["errorMessage"]:
@@ -133,10 +134,12 @@ async def follow(
     interval: float = FOLLOW_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Poll a download until it is finished; returns its last status record.
+    """Follow a download until it is finished; returns its last status record.
 
-    ``on_status`` sees every record as it is read.  A warning is logged once
-    if the download waits with no live worker to run it.
+    The status is read every ``interval`` seconds and at once when the
+    download's state changes (``keys.state_channel``), so the end is seen
+    as it happens.  ``on_status`` sees every record as it is read.  A
+    warning is logged once if the download waits with no live worker to run it.
 
     Raises:
         UsageError: there is no such download.
@@ -144,17 +147,18 @@ async def follow(
     """
     began = clock()
     warned = False
-    while True:
-        record = await status(store, download_id)
-        if on_status is not None:
-            on_status(record)
-        state = DownloadState(record["state"])
-        if state.finished:
-            return record
-        if not warned and clock() - began > NO_WORKERS_AFTER and not await store.workers():
-            log.warning("no live workers: start some with `rangefetch worker`; download %s waits", download_id)
-            warned = True
-        await asyncio.sleep(interval)
+    async with store.listen(state_channel(download_id)) as changed:
+        while True:
+            record = await status(store, download_id)
+            if on_status is not None:
+                on_status(record)
+            state = DownloadState(record["state"])
+            if state.finished:
+                return record
+            if not warned and clock() - began > NO_WORKERS_AFTER and not await store.workers():
+                log.warning("no live workers: start some with `rangefetch worker`; download %s waits", download_id)
+                warned = True
+            await changed(interval)
 
 
 def outcome(record: dict[str, Any]) -> None:

@@ -12,12 +12,14 @@ __all__ = [
     "DOWNLOADS",
     "PREFIX",
     "WORKERS",
+    "done_channel",
     "download_key",
     "finalize_job_id",
     "range_job_id",
     "sem_download",
     "sem_host",
     "sem_waiters",
+    "state_channel",
     "worker_key",
 ]
 
@@ -31,18 +33,30 @@ WORKERS = PREFIX + "workers"  # zset: worker id -> last heartbeat (unix seconds)
 #   "headers"   hash: request headers (secrets: never shown)
 #   "done"      set: ranges finished and fsynced ("start-end")
 #   "progress"  hash: range -> bytes fsynced so far
-#   "digest"    hash: range -> sha256 of the range as written
+#   "digest"    hash: range -> digest (CRC-32 hex) of the range as written
 #   "inflight"  hash: range -> worker id running it now
 #   "failed"    hash: range -> last error
 #   "redo"      hash: range -> times re-fetched after failing verification
 #   "attempts"  hash: range -> range job runs in a row that made no progress
 #   "workers"   set: worker ids that worked on it
 #   "finalize"  string: guard so the finalizer runs once
+#   "verifier"  string: lease of the worker verifying finished ranges early
+#               (its owner's token, or "stopped" after it gave up)
 
 
 def download_key(download_id: str, part: str = "") -> str:
     """The key of one piece of a download's state."""
     return f"{PREFIX}dl:{download_id}" + (f":{part}" if part else "")
+
+
+def state_channel(download_id: str) -> str:
+    """The pub/sub channel that hears of each state change of a download (the new state)."""
+    return f"{PREFIX}state:{download_id}"
+
+
+def done_channel(download_id: str) -> str:
+    """The pub/sub channel that hears of each finished range of a download (``"start-end"``)."""
+    return f"{PREFIX}done:{download_id}"
 
 
 def worker_key(worker_id: str) -> str:

@@ -13,6 +13,8 @@ __all__ = [
     "ACQUIRE_FAIR",
     "ENQUEUE",
     "MARK_DONE",
+    "OWNED_DELETE",
+    "OWNED_SET",
     "REMOVE",
     "RENEW",
     "SET_PROGRESS",
@@ -39,7 +41,7 @@ return {0, current}
 
 # Record a range as finished: done, full progress, digest; no longer in flight or failed.
 # KEYS[1] done set, KEYS[2] progress hash, KEYS[3] digest hash, KEYS[4] inflight hash, KEYS[5] failed hash.
-# ARGV[1] range member, ARGV[2] its length, ARGV[3] its sha256.
+# ARGV[1] range member, ARGV[2] its length, ARGV[3] its digest, ARGV[4] the channel to tell (a channel, not a key).
 # Returns how many ranges are done.
 MARK_DONE = """
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -47,6 +49,7 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 return redis.call('SCARD', KEYS[1])
 """
 
@@ -84,6 +87,22 @@ for _, key in ipairs(KEYS) do
   redis.call('EXPIRE', key, math.ceil(ttl) + 60)
 end
 return 1
+"""
+
+# Set a lease held by ARGV[1] to ARGV[2] for ARGV[3] milliseconds (ARGV[2] = ARGV[1] renews it);
+# 0 if someone else holds it (or nobody).
+# KEYS[1] the lease.
+OWNED_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# Give up a lease held by ARGV[1]; 0 if someone else holds it (or nobody).
+# KEYS[1] the lease.
+OWNED_DELETE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 # Extend a token's leases.

@@ -68,7 +68,9 @@ class JobLimits(BaseModel):
     A range job fetches for at most ``budget`` seconds, then saves its
     progress and continues as a fresh job, so it never reaches arq's
     ``timeout`` (which arq treats as a permanent failure).  The finalizer
-    hashes the whole file and gets ``finalize_timeout``.  Whatever a job
+    hashes the whole file and gets ``finalize_timeout``; with ``verify_early``
+    a worker hashes the ranges in order as they finish, so the finalizer
+    only has to confirm.  Whatever a job
     claims (arq's in-progress key, connection slots, the finalizer guard) is
     leased for ``lease`` seconds and renewed while the job runs, so the work
     of a worker that died is taken up again ``lease`` seconds later.
@@ -82,6 +84,9 @@ class JobLimits(BaseModel):
     lease: float = Field(20.0, gt=0, description="seconds a dead worker's job, slots and guard stay claimed")
     slot_wait: float = Field(1.0, gt=0, description="mean delay before a job that found no free slot retries")
     max_attempts: int = Field(5, ge=1, description="range job runs in a row without progress before it fails")
+    verify_early: bool = Field(
+        True, description="a worker verifies and hashes finished ranges during the download, not after it"
+    )
 
     @model_validator(mode="after")
     def _budget_below_timeout(self) -> JobLimits:

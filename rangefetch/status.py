@@ -47,6 +47,7 @@ def build_status(
         "path": data["path"],
         "totalLength": size,
         "completedLength": completed,
+        "verifiedLength": min(size, int(data.get("verified") or 0)),
         "percent": round(100.0 * completed / size, 1) if size else 100.0,
         "downloadSpeed": round(speed),
         "eta": round(eta, 1) if eta is not None else None,

@@ -11,7 +11,8 @@ and URLs are shown redacted.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -25,9 +26,10 @@ from .state import DownloadState
 from .status import as_str as _s
 from .status import build_status
 
-__all__ = ["DownloadSpec", "Store", "WorkerInfo"]
+__all__ = ["VERIFIER_STOPPED", "DownloadSpec", "Store", "WorkerInfo"]
 
 HEARTBEAT_TTL = 30  # seconds a worker counts as alive after its last heartbeat
+VERIFIER_STOPPED = "stopped"  # the verifier lease's value once its holder gave up
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,8 @@ class Store:
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._acquire_fair = redis.register_script(scripts.ACQUIRE_FAIR)
         self._renew = redis.register_script(scripts.RENEW)
+        self._owned_set = redis.register_script(scripts.OWNED_SET)
+        self._owned_delete = redis.register_script(scripts.OWNED_DELETE)
 
     # -- downloads ---------------------------------------------------------
 
@@ -172,15 +176,38 @@ class Store:
             fields["finished"] = now
         if fields:
             await self._call(self.redis.hset(key, mapping=fields))
+        await self._call(self.redis.publish(keys.state_channel(download_id), new.value))
         return DownloadState(_s(previous))
+
+    @asynccontextmanager
+    async def listen(self, channel: str) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
+        """Listen on ``channel`` (``keys.state_channel``, ``keys.done_channel``).
+
+        Yields ``wait(timeout)``, which returns at the next message or after
+        ``timeout`` seconds.  Listen before reading what the messages are
+        about, so that a change in between is not missed.
+
+        Raises:
+            QueueError: Redis failed.
+        """
+        pubsub = self.redis.pubsub()
+        try:
+            await self._call(pubsub.subscribe(channel))
+
+            async def wait(timeout: float) -> None:
+                await self._call(pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout))
+
+            yield wait
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
     async def reset_for_resume(self, download_id: str, *, resumed: int) -> None:
         """Clear a download's error, failures and guards before it is enqueued again."""
         key = keys.download_key(download_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(key, "error", "finished", "sha256")
+            pipe.hdel(key, "error", "finished", "sha256", "verified")
             pipe.hset(key, "resumed", str(resumed))
-            for part in ("failed", "inflight", "finalize", "redo", "attempts"):
+            for part in ("failed", "inflight", "finalize", "verifier", "redo", "attempts"):
                 pipe.delete(keys.download_key(download_id, part))
             await self._call(pipe.execute())
 
@@ -189,6 +216,7 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             for part in ("done", "progress", "digest", "redo"):
                 pipe.delete(keys.download_key(download_id, part))
+            pipe.hdel(keys.download_key(download_id), "verified")
             await self._call(pipe.execute())
 
     async def list_ids(self) -> list[str]:
@@ -234,12 +262,11 @@ class Store:
         await self._call(self.redis.hdel(keys.download_key(download_id, "inflight"), str(rng)))
 
     async def mark_done(self, download_id: str, rng: Range, digest: str) -> int:
-        """Record ``rng`` as finished with its sha256; returns how many ranges are done."""
+        """Record ``rng`` as finished with its digest; returns how many ranges are done (and tells ``done_channel``)."""
         k = keys.download_key
         parts = ("done", "progress", "digest", "inflight", "failed")
-        count = await self._call(
-            self._mark_done(keys=[k(download_id, p) for p in parts], args=[str(rng), str(rng.length), digest])
-        )
+        args = [str(rng), str(rng.length), digest, keys.done_channel(download_id)]
+        count = await self._call(self._mark_done(keys=[k(download_id, p) for p in parts], args=args))
         return int(count)
 
     async def fail_range(self, download_id: str, rng: Range, reason: str) -> None:
@@ -258,9 +285,16 @@ class Store:
         return int(await self._call(self.redis.hincrby(key, str(rng), 1)))
 
     async def digests(self, download_id: str) -> dict[Range, str]:
-        """The recorded sha256 of every finished range."""
+        """The recorded digest of every finished range."""
         data = await self._call(self.redis.hgetall(keys.download_key(download_id, "digest")))
         return {Range.parse(_s(k)): _s(v) for k, v in data.items()}
+
+    async def digests_of(self, download_id: str, ranges: Sequence[Range]) -> list[str | None]:
+        """The recorded digest of each of ``ranges``; ``None`` where a range is not done."""
+        if not ranges:
+            return []
+        values = await self._call(self.redis.hmget(keys.download_key(download_id, "digest"), [str(r) for r in ranges]))
+        return [_s(v) if v is not None else None for v in values]
 
     async def redo(self, download_id: str, rng: Range) -> int:
         """Forget that ``rng`` was done so it is fetched again; returns how often that happened."""
@@ -284,6 +318,35 @@ class Store:
     async def release_finalizer(self, download_id: str) -> None:
         """Give the finalizer guard back (after re-enqueuing ranges)."""
         await self._call(self.redis.delete(keys.download_key(download_id, "finalize")))
+
+    async def claim_verifier(self, download_id: str, owner: str, *, ttl: float) -> bool:
+        """Take the lease of the download's early verifier for ``owner``; ``False`` if it is held (or stopped)."""
+        key = keys.download_key(download_id, "verifier")
+        return bool(await self._call(self.redis.set(key, owner, nx=True, px=_ms(ttl))))
+
+    async def renew_verifier(self, download_id: str, owner: str, *, ttl: float) -> bool:
+        """Extend ``owner``'s verifier lease; ``False`` if ``owner`` no longer holds it."""
+        key = keys.download_key(download_id, "verifier")
+        return bool(await self._call(self._owned_set(keys=[key], args=[owner, owner, str(_ms(ttl))])))
+
+    async def stop_verifier(self, download_id: str, owner: str, *, ttl: float) -> None:
+        """Mark ``owner``'s verifier as given up: for ``ttl`` no new one starts and the finalizer does not wait."""
+        key = keys.download_key(download_id, "verifier")
+        await self._call(self._owned_set(keys=[key], args=[owner, VERIFIER_STOPPED, str(_ms(ttl))]))
+
+    async def release_verifier(self, download_id: str, owner: str) -> None:
+        """Give ``owner``'s verifier lease back."""
+        await self._call(self._owned_delete(keys=[keys.download_key(download_id, "verifier")], args=[owner]))
+
+    async def verifier(self, download_id: str) -> str | None:
+        """The owner of the download's live early verifier, or ``None``."""
+        value = await self._call(self.redis.get(keys.download_key(download_id, "verifier")))
+        owner = _s(value) if value is not None else None
+        return None if owner == VERIFIER_STOPPED else owner
+
+    async def set_verified(self, download_id: str, nbytes: int) -> None:
+        """Record that the first ``nbytes`` of the file are verified (shown by ``status``)."""
+        await self._call(self.redis.hset(keys.download_key(download_id), "verified", str(nbytes)))
 
     # -- connection slots ----------------------------------------------------
 
@@ -372,3 +435,7 @@ class Store:
             return await awaitable
         except RedisError as exc:
             raise QueueError(f"Redis error: {exc}") from exc
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

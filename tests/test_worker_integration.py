@@ -130,17 +130,22 @@ def assert_resumed_exactly(server: RangeServer, name: str, seen: int, recorded: 
             assert rng not in first_requests, rng
 
 
+@pytest.mark.parametrize("verify_early", ["1", "0"])
 async def test_two_workers_download_one_file(
-    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker, verify_early: str
 ) -> None:
     server.add_file("plain", DATA)
     spec = await start_download(pool, server.url("plain"), download_dir, chunk_size=64 * KiB)
-    start_worker("--concurrency", "4")
-    start_worker("--concurrency", "4")
+    for _ in range(2):
+        start_worker("--concurrency", "4", RANGEFETCH_JOBS__VERIFY_EARLY=verify_early)
     store = Store(pool)
     assert await wait_finished(store, spec.id) is DownloadState.COMPLETE
     await check_complete(store, spec, download_dir)
     assert len(await store.workers()) == 2
+    status = await store.status(spec.id)
+    assert status is not None
+    # With the early verifier the bytes were verified in order as ranges finished; without it, only at the end.
+    assert status["verifiedLength"] == (len(DATA) if verify_early == "1" else 0)
 
 
 async def test_sigkilled_worker_range_is_redone_from_its_progress(

@@ -1,7 +1,9 @@
 """The finalizer job, and the sweep that makes sure every finished download gets one.
 
 ``finalize_job(ctx, download_id)`` runs once per download after its last
-range is done:
+range is done.  When an early verifier (``worker.verifier``) holds the
+download's lease, the job returns at once: the verifier has read the ranges
+as they finished and runs the same steps (``finalize``) with what it found.
 
 1. **Exactly once.**  Its job id is deterministic (``keys.finalize_job_id``),
    so arq holds at most one queued or running finalizer per download, and
@@ -12,8 +14,9 @@ range is done:
    finalizer runs, so a finalizer killed with its worker is redone.
 2. **Verify.**  Every planned range must be in the ``done`` set.  The
    ``.part`` file must have the download's size.  One sequential pass over
-   the file (in a thread) yields each range's sha256, the whole file's
-   sha256 and, when ``spec.checksum`` asks for one, the digest it names.
+   the file (in a thread; or the early verifier's, made as the ranges
+   finished) yields each range's digest, the whole file's sha256 and, when
+   ``spec.checksum`` asks for one, the digest it names.
 3. **Ranges that fail verification** (their bytes on the shared volume no
    longer match the digest the range job recorded) are fetched again:
    ``Store.redo``, state back to ``running``, the guard released, and their
@@ -50,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -74,11 +78,11 @@ from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec
 
-from .files import hash_file
-from .jobs import HARD_STOP_MARGIN, active_spec, fail
-from .runtime import Runtime
+from .downloads import active_spec, fail
+from .files import Hashed, check_size, hash_file, open_for_reading
+from .runtime import HARD_STOP_MARGIN, Lease, Runtime
 
-__all__ = ["QUEUED_GRACE", "finalize_job", "sweep_job"]
+__all__ = ["QUEUED_GRACE", "count_redos", "finalize", "finalize_job", "sweep_job"]
 
 log = logging.getLogger(__name__)
 
@@ -88,45 +92,66 @@ QUEUED_GRACE = 60.0  # seconds a download may stay queued before the sweep looks
 async def finalize_job(ctx: dict[str, Any], download_id: str) -> None:
     """arq job ``finalize``: verify download ``download_id``, rename it into place, mark it complete.
 
+    With a live early verifier (``worker.verifier``) the job leaves the
+    download to it: the verifier finishes it with what it already hashed.
+
     Raises:
         arq.Retry: Redis failed; try again shortly.
         RangefetchError: verification failed for good; already recorded on the download.
     """
     rt = Runtime.of(ctx)
-    store = rt.store
     async with rt.job(ctx) as lease:
         try:
-            found = await active_spec(store, download_id)
-            if found is None:
+            if rt.settings.jobs.verify_early and await rt.store.verifier(download_id):
+                log.info("download %s: its verifier is finishing it", download_id)
                 return
-            if not await store.claim_finalizer(download_id, ttl=math.ceil(rt.settings.jobs.lease)):
-                log.info("download %s: another finalizer holds the guard", download_id)
-                return
-            lease.guard = download_id
-            try:
-                limit = rt.settings.jobs.finalize_timeout * (1 - HARD_STOP_MARGIN)
-                async with asyncio.timeout(limit) as deadline:
-                    await _finalize(rt, *found)
-            except TimeoutError as exc:
-                if not deadline.expired():
-                    raise
-                raise VerificationError(
-                    f"verifying took longer than {limit:.0f}s; raise RANGEFETCH_JOBS__FINALIZE_TIMEOUT"
-                ) from exc
-            finally:
-                lease.guard = None
-                await _release(rt, download_id)
+            await finalize(rt, lease, download_id)
         except QueueError as exc:
             log.warning("finalizer of %s: %s; retrying", download_id, exc)
             raise Retry(defer=2 * rt.settings.jobs.slot_wait) from exc
-        except Retry:
-            raise
-        except Exception as exc:
-            if await fail(store, download_id, exc):
+
+
+async def finalize(rt: Runtime, lease: Lease, download_id: str, *, hashed: Hashed | None = None) -> bool:
+    """Verify ``download_id`` holding its guard, and rename it into place; ``False`` if the guard is taken.
+
+    ``hashed``: the range and whole-file digests an early verifier already
+    read from the file; without it, the file is hashed here in one pass.
+
+    Raises:
+        QueueError: Redis failed.
+        RangefetchError: verification failed for good; already recorded on the download.
+    """
+    store = rt.store
+    try:
+        found = await active_spec(store, download_id)
+        if found is None:
+            return True
+        if not await store.claim_finalizer(download_id, ttl=math.ceil(rt.settings.jobs.lease)):
+            log.info("download %s: another finalizer holds the guard", download_id)
+            return False
+        lease.guard = download_id
+        try:
+            limit = rt.settings.jobs.finalize_timeout * (1 - HARD_STOP_MARGIN)
+            async with asyncio.timeout(limit) as deadline:
+                await _finalize(rt, *found, hashed)
+        except TimeoutError as exc:
+            if not deadline.expired():
                 raise
+            raise VerificationError(
+                f"verifying took longer than {limit:.0f}s; raise RANGEFETCH_JOBS__FINALIZE_TIMEOUT"
+            ) from exc
+        finally:
+            lease.guard = None
+            await _release(rt, download_id)
+    except QueueError:
+        raise
+    except Exception as exc:
+        if await fail(store, download_id, exc):
+            raise
+    return True
 
 
-async def _finalize(rt: Runtime, spec: DownloadSpec, state: DownloadState) -> None:
+async def _finalize(rt: Runtime, spec: DownloadSpec, state: DownloadState, hashed: Hashed | None) -> None:
     store = rt.store
     planned = plan_ranges(spec.size, spec.chunk_size)
     done = await store.done_ranges(spec.id)
@@ -145,12 +170,16 @@ async def _finalize(rt: Runtime, spec: DownloadSpec, state: DownloadState) -> No
     source = await asyncio.to_thread(_source, part, renamed_ok=state is DownloadState.VERIFYING)
     checksum = Checksum.parse(spec.checksum) if spec.checksum else None
     algorithms = {"sha256"} | ({checksum.algorithm} if checksum else set())
-    digests, whole = await hash_file(source, spec.size, planned, algorithms)
+    if hashed is not None and len(hashed.digests) == len(planned) and algorithms <= hashed.whole.keys():
+        await asyncio.to_thread(_check_size, source, spec.size)
+    else:
+        hashed = await hash_file(source, spec.size, planned, algorithms)
     recorded = await store.digests(spec.id)
-    bad = [r for r, digest in zip(planned, digests, strict=True) if recorded.get(r) != digest]
+    bad = [r for r, digest in zip(planned, hashed.digests, strict=True) if recorded.get(r) != digest]
     if bad:
         await _redo(rt, spec, bad)
         return
+    whole = hashed.whole
     if checksum is not None:
         try:
             checksum.check(whole)
@@ -169,6 +198,19 @@ async def _redo(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None:
     Raises:
         VerificationError: a range failed verification more than ``max_verify_retries`` times.
     """
+    await count_redos(rt, spec, bad)
+    await rt.store.set_state(spec.id, DownloadState.RUNNING)
+    # Released before the enqueue, so the finalizer those ranges trigger finds the guard free.
+    await _release(rt, spec.id)
+    await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, bad, front=True)
+
+
+async def count_redos(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None:
+    """Forget that ``bad`` ranges were done, counting each redo; the caller enqueues them again.
+
+    Raises:
+        VerificationError: a range failed verification more than ``max_verify_retries`` times.
+    """
     store, limit = rt.store, rt.settings.max_verify_retries
     worst: tuple[Range, int] | None = None
     for rng in bad:
@@ -179,10 +221,6 @@ async def _redo(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None:
         rng, count = worst
         raise VerificationError(f"range {rng} failed verification {count} times", range=rng)
     log.warning("download %s: %d ranges failed verification; fetching them again", spec.id, len(bad))
-    await store.set_state(spec.id, DownloadState.RUNNING)
-    # Released before the enqueue, so the finalizer those ranges trigger finds the guard free.
-    await _release(rt, spec.id)
-    await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, bad, front=True)
 
 
 async def _release(rt: Runtime, download_id: str) -> None:
@@ -190,6 +228,14 @@ async def _release(rt: Runtime, download_id: str) -> None:
         await rt.store.release_finalizer(download_id)
     except QueueError as exc:  # it is a lease: it lapses by itself
         log.warning("finalizer of %s: %s", download_id, exc)
+
+
+def _check_size(path: Path, size: int) -> None:
+    fd = open_for_reading(path)
+    try:
+        check_size(fd, size, name=path.name)
+    finally:
+        os.close(fd)
 
 
 def _source(part: PartFile, *, renamed_ok: bool) -> Path:

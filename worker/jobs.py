@@ -3,14 +3,17 @@
 ``fetch_range_job(ctx, download_id, start, end)`` is thin: it checks the
 download's state, opens the ``.part`` file the producer created (never
 creating it), takes a connection slot, and runs the core's ``fetch_range``
-from the range's recorded progress.  Then it fsyncs, hashes the range from
-disk and marks it done; the job that finishes the last range enqueues the
-finalizer.
+from the range's recorded progress, digesting the bytes as it writes them.
+Then it fsyncs and marks the range done with that digest; the job that
+finishes the last range enqueues the finalizer, the others make sure the
+download has an early verifier (``worker.verifier``).
 
 How a run ends
 --------------
-* **Done**: fsync, sha256 of the range's bytes on disk (in a thread),
-  ``Store.mark_done``; when every range is done, the finalizer is enqueued.
+* **Done**: fsync, ``Store.mark_done`` with the range's ``RangeDigest``
+  (CRC-32) of the bytes as written (bytes written by earlier runs of the
+  range are read back once to seed it); when every range is done, the
+  finalizer is enqueued.
 * **Time budget** (``Settings.jobs.budget``, 40 s): the fetch is stopped,
   its bytes fsynced and recorded, and ``Retry(defer=0)`` continues the range
   in a fresh job at the same queue position.  arq treats a job timeout as a
@@ -48,7 +51,8 @@ import os
 import random
 from collections.abc import Iterator
 from enum import Enum
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from arq import Retry
@@ -61,33 +65,27 @@ from rangefetch import (
     RangefetchError,
     RemoteFile,
     RetriesExhaustedError,
-    StateError,
     TransientError,
     fetch_range,
     keys,
 )
 from rangefetch.plan import Range
 from rangefetch.queue import enqueue_finalizer
-from rangefetch.redact import redact_url
 from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
+from rangefetch.store import DownloadSpec
 
-from .files import hash_range, open_part, part_path
-from .runtime import Lease, Runtime
+from .downloads import active_spec, fail
+from .files import RangeDigest, hash_prefix, hash_range, open_part, part_path
+from .runtime import HARD_STOP_MARGIN, Lease, Runtime
+from .verifier import start_verifier
 
-__all__ = [
-    "active_spec",
-    "fail",
-    "fetch_range_job",
-    "host_key",
-]
+__all__ = ["fetch_range_job", "host_key"]
 
 log = logging.getLogger(__name__)
 
 # Each running range job has its own writer: a worker running 8 jobs keeps
 # 8 x this queued at most, so its memory stays near embedded mode's.
 JOB_WRITE_BUDGET = 1024 * 1024
-HARD_STOP_MARGIN = 0.1  # the hard stop comes this share of the job timeout before it
 
 
 class _End(Enum):
@@ -120,16 +118,6 @@ async def fetch_range_job(ctx: dict[str, Any], download_id: str, start: int, end
             raise Retry(defer=_jitter(rt.settings.jobs.slot_wait * 2)) from exc
 
 
-async def active_spec(store: Store, download_id: str) -> tuple[DownloadSpec, DownloadState] | None:
-    """The download's spec and state, or ``None`` when there is nothing to do for it."""
-    state = await store.state(download_id)
-    if state is None or state.finished:
-        log.info("download %s is %s; nothing to do", download_id, state.value if state else "gone")
-        return None
-    spec = await store.spec(download_id)
-    return (spec, state) if spec is not None else None
-
-
 async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
     store = rt.store
     found = await active_spec(store, download_id)
@@ -143,13 +131,15 @@ async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
         fd = await asyncio.to_thread(open_part, part, spec.size)
         try:
             done = await store.progress(download_id, rng)
+            digest = None
             if done < rng.length:
-                end = await _fetch(rt, lease, spec, rng, fd, done)
+                end, digest = await _fetch(rt, lease, spec, rng, _Target(part, fd), done)
                 if end is not _End.DONE:
                     return
         finally:
             os.close(fd)
-        digest = await hash_range(part, rng)
+        if digest is None:  # found done (a lost mark_done), or written out of order: read it back
+            digest = await hash_range(part, rng)
     except (Retry, QueueError, asyncio.CancelledError):
         raise
     except Exception as exc:
@@ -161,10 +151,21 @@ async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
     if count >= spec.ranges:
         added = await enqueue_finalizer(rt.redis, rt.settings.queue_name, download_id)
         log.info("download %s: all %d ranges done; finalizer %s", download_id, count, "enqueued" if added else "queued")
+    else:
+        await start_verifier(rt, spec)
 
 
-async def _fetch(rt: Runtime, lease: Lease, spec: DownloadSpec, rng: Range, fd: int, done: int) -> _End:
-    """Fetch the rest of ``rng`` holding a connection slot; how the run ended."""
+class _Target(NamedTuple):
+    """The ``.part`` file a range job writes: its path and its open descriptor."""
+
+    path: Path
+    fd: int
+
+
+async def _fetch(
+    rt: Runtime, lease: Lease, spec: DownloadSpec, rng: Range, target: _Target, done: int
+) -> tuple[_End, str | None]:
+    """Fetch the rest of ``rng`` holding a connection slot: how the run ended, and the range's digest if known."""
     store, jobs = rt.store, rt.settings.jobs
     host = host_key(spec.final_url)
     limits = {keys.sem_host(host): rt.settings.per_host_connections, keys.sem_download(spec.id): spec.connections}
@@ -177,7 +178,8 @@ async def _fetch(rt: Runtime, lease: Lease, spec: DownloadSpec, rng: Range, fd: 
     lease.slots = (token, list(limits))
     try:
         await store.start_range(spec.id, rng, rt.worker_id)
-        return await _Transfer(rt, spec, rng, fd, done).run()
+        transfer = _Transfer(rt, spec, rng, target, done)
+        return await transfer.run(), transfer.digest()
     finally:
         lease.slots = None
         try:
@@ -200,10 +202,18 @@ class _RecordingBackoff(Backoff):
 class _Transfer:
     """One run of a range: ``fetch_range`` plus checkpoints, the budget and the stop check."""
 
-    def __init__(self, rt: Runtime, spec: DownloadSpec, rng: Range, fd: int, done: int) -> None:
-        self.rt, self.spec, self.rng, self.fd = rt, spec, rng, fd
+    def __init__(self, rt: Runtime, spec: DownloadSpec, rng: Range, target: _Target, done: int) -> None:
+        self.rt, self.spec, self.rng, self.target = rt, spec, rng, target
         self.started = self.written = self.saved = done
         self.backoff = _RecordingBackoff(rt.settings.retry)
+        self.bounded: _Bounded | None = None
+
+    def digest(self) -> str | None:
+        """The ``RangeDigest`` of the range as written, when the run wrote it to its end in order."""
+        b = self.bounded
+        if b is None or b.digest is None or b.next != self.rng.end + 1 or self.saved != self.rng.length:
+            return None
+        return b.digest.hexdigest()
 
     def _count(self, n: int) -> None:
         self.written += n
@@ -218,9 +228,13 @@ class _Transfer:
         """
         failure: TransientError | RetriesExhaustedError | None = None
         end = _End.DONE
-        async with FileWriter(self.fd, budget=JOB_WRITE_BUDGET) as writer:
+        # The range's digest is taken from the bytes as they are written;
+        # bytes written by earlier runs are read back once to start it.
+        digest = await hash_prefix(self.target.path, self.rng, self.written)
+        async with FileWriter(self.target.fd, budget=JOB_WRITE_BUDGET) as writer:
+            self.bounded = _Bounded(writer, self.rng, digest, self.rng.start + self.written)
             try:
-                end = await self._loop(_Bounded(writer, self.rng))
+                end = await self._loop(self.bounded)
             except (TransientError, RetriesExhaustedError) as exc:
                 failure = exc
                 await self._save(writer, quiet=True)
@@ -267,8 +281,14 @@ class _Transfer:
             async with asyncio.TaskGroup() as tg:
                 task = tg.create_task(
                     fetch_range(
-                        rt.client, remote, rng, writer,
-                        headers=spec.headers, done=self.written, backoff=self.backoff, on_progress=self._count,
+                        rt.client,
+                        remote,
+                        rng,
+                        writer,
+                        headers=spec.headers,
+                        done=self.written,
+                        backoff=self.backoff,
+                        on_progress=self._count,
                     )  # fmt: skip
                 )
                 while not task.done():
@@ -328,15 +348,28 @@ class _Transfer:
 
 
 class _Bounded:
-    """A writer that refuses bytes outside its range (``fetch_range`` checks Content-Range too)."""
+    """A writer that refuses bytes outside its range (``fetch_range`` checks Content-Range too).
 
-    def __init__(self, inner: FileWriter, rng: Range) -> None:
+    It also digests what it writes: ``digest`` covers the range up to
+    ``next``.  ``fetch_range`` writes in order, resuming where it stopped;
+    should a write ever land elsewhere, ``digest`` is dropped and the range
+    is read back instead.
+    """
+
+    def __init__(self, inner: FileWriter, rng: Range, digest: RangeDigest, next_offset: int) -> None:
         self.inner, self.rng = inner, rng
+        self.digest: RangeDigest | None = digest
+        self.next = next_offset
 
     async def write(self, offset: int, data: bytes) -> None:
         if offset < self.rng.start or offset + len(data) - 1 > self.rng.end:
             raise ProtocolError(f"bytes at {offset}+{len(data)} fall outside range {self.rng}", range=self.rng)
         await self.inner.write(offset, data)
+        if self.digest is not None and offset == self.next:
+            self.digest.update(data)
+            self.next += len(data)
+        else:
+            self.digest = None
 
 
 def host_key(url: str) -> str:
@@ -344,29 +377,6 @@ def host_key(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
     return f"{(parts.hostname or '').lower()}:{port}"
-
-
-async def fail(store: Store, download_id: str, exc: BaseException, *, rng: Range | None = None) -> bool:
-    """Mark the download failed because of ``exc``; ``False`` if it had already finished.
-
-    The reason is one line, and the URL in it (if any) is redacted.
-    """
-    if isinstance(exc, RangefetchError):
-        reason = str(exc)
-        if exc.url:
-            reason = reason.replace(exc.url, redact_url(exc.url))
-    else:
-        reason = f"internal error: {type(exc).__name__}: {exc}"
-    reason = " ".join(reason.split())
-    try:
-        await store.set_state(download_id, DownloadState.FAILED, error=reason)
-    except StateError:
-        log.info("download %s already finished; ignoring: %s", download_id, reason)
-        return False
-    if rng is not None:
-        await store.fail_range(download_id, rng, reason)
-    log.error("download %s failed: %s", download_id, reason)
-    return True
 
 
 def _jitter(seconds: float) -> float:

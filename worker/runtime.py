@@ -1,4 +1,4 @@
-"""What a worker process keeps in arq's ``ctx``: one client, one store, leases, a heartbeat.
+"""What a worker process keeps in arq's ``ctx``: one client, one store, leases, a heartbeat, verifiers.
 
 ``startup`` (arq's ``on_startup``) builds one ``Runtime`` per process and
 ``shutdown`` closes it; jobs find it with ``Runtime.of(ctx)``.
@@ -11,7 +11,9 @@ and the finalizer guard.  ``Runtime.job()`` renews them together every
 quarter lease while the job runs, so when a worker is SIGKILLed its jobs,
 slots and guard are free again ``Settings.jobs.lease`` seconds later,
 whatever the jobs' timeouts are (``worker.settings`` explains why arq's own
-in-progress expiry is shortened to the lease).
+in-progress expiry is shortened to the lease).  The early verifiers
+(``worker.verifier``) run as tasks of the runtime beside the jobs, each
+renewing its own lease, and are stopped before the client closes.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from redis.exceptions import RedisError
 from rangefetch import QueueError, Settings, make_client
 from rangefetch.store import Store, WorkerInfo
 
-__all__ = ["HEARTBEAT_INTERVAL", "Lease", "Runtime", "background", "shutdown", "startup"]
+__all__ = ["HARD_STOP_MARGIN", "HEARTBEAT_INTERVAL", "Lease", "Runtime", "background", "shutdown", "startup"]
 
 log = logging.getLogger(__name__)
 
+HARD_STOP_MARGIN = 0.1  # a job's hard stop comes this share of its arq timeout before it
 HEARTBEAT_INTERVAL = 5.0  # seconds; Store.HEARTBEAT_TTL (30 s) is the grace period
 SETTINGS_KEY = "rangefetch_settings"  # ctx key the worker settings put the Settings under
 RUNTIME_KEY = "rangefetch"
@@ -66,9 +69,9 @@ async def background(coro: Coroutine[Any, Any, None], *, name: str) -> AsyncIter
 
 
 class Lease:
-    """The leased claims of one running job, renewed together."""
+    """The leased claims of one running job (or of a verifier: no ``job_id``), renewed together."""
 
-    def __init__(self, runtime: Runtime, job_id: str) -> None:
+    def __init__(self, runtime: Runtime, job_id: str | None) -> None:
         self.runtime = runtime
         self.job_id = job_id
         self.slots: tuple[str, list[str]] | None = None  # (token, semaphore keys)
@@ -82,10 +85,11 @@ class Lease:
         """
         rt = self.runtime
         ttl = rt.settings.jobs.lease
-        try:
-            await rt.redis.pexpire(in_progress_key_prefix + self.job_id, int(ttl * 1000))
-        except RedisError as exc:
-            raise QueueError(f"cannot renew job {self.job_id}: {exc}") from exc
+        if self.job_id is not None:
+            try:
+                await rt.redis.pexpire(in_progress_key_prefix + self.job_id, int(ttl * 1000))
+            except RedisError as exc:
+                raise QueueError(f"cannot renew job {self.job_id}: {exc}") from exc
         if self.slots is not None:
             token, names = self.slots
             await rt.store.renew_slots(token, names, ttl=ttl)
@@ -114,6 +118,7 @@ class Runtime:
     worker_id: str
     download_dir: Path
     running: set[str] = field(default_factory=set)
+    verifiers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # download id -> early verifier
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @classmethod
@@ -134,6 +139,27 @@ class Runtime:
                 yield lease
         finally:
             self.running.discard(job_id)
+
+    def run_verifier(self, download_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro``, the early verifier of ``download_id``, until it ends or ``stop_verifiers``."""
+        task = asyncio.create_task(coro, name=f"verifier {download_id}")
+        self.verifiers[download_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self.verifiers.get(download_id) is done:
+                del self.verifiers[download_id]
+            if not done.cancelled() and done.exception() is not None:
+                log.error("verifier of %s failed: %r", download_id, done.exception())
+
+        task.add_done_callback(forget)
+
+    async def stop_verifiers(self) -> None:
+        """Cancel the early verifiers and wait for them (each gives its lease back first)."""
+        tasks = list(self.verifiers.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def heartbeat(self) -> None:
         """Announce this worker every ``HEARTBEAT_INTERVAL`` seconds until cancelled."""
@@ -163,6 +189,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     runtime = Runtime(settings, redis, Store(redis), client, worker_id, settings.download_dir.resolve())
     await runtime.stack.enter_async_context(client)
     await runtime.stack.enter_async_context(background(runtime.heartbeat(), name="heartbeat"))
+    runtime.stack.push_async_callback(runtime.stop_verifiers)
     ctx[RUNTIME_KEY] = runtime
     log.info(
         "worker %s: %d jobs at once, downloads in %s", worker_id, settings.worker_concurrency, runtime.download_dir

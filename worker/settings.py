@@ -20,8 +20,9 @@ What we choose
   the final fsync and for hashing a range of up to 64 MiB on a slow shared
   volume; a hard stop at 90 % of it turns any overrun into a retry as well.
   So a slow but healthy range is never killed, however slow it is.
-* **The finalizer** hashes the whole file, which can take minutes, so it
-  gets ``jobs.finalize_timeout`` (1 h).  With arq's rule that would keep
+* **The finalizer** may hash the whole file (when no early verifier did it
+  during the download), which can take minutes, so it gets
+  ``jobs.finalize_timeout`` (1 h).  With arq's rule that would keep
   every job of a SIGKILLed worker locked for an hour.  Instead the worker's
   ``in_progress_timeout_s`` is set to ``jobs.lease`` (20 s) and every
   running job renews its own in-progress key each ``lease / 4`` seconds

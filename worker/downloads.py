@@ -1,0 +1,48 @@
+"""The download records jobs act on: is there still work, and failing it with a clear reason."""
+
+from __future__ import annotations
+
+import logging
+
+from rangefetch import RangefetchError, StateError
+from rangefetch.plan import Range
+from rangefetch.redact import redact_url
+from rangefetch.state import DownloadState
+from rangefetch.store import DownloadSpec, Store
+
+__all__ = ["active_spec", "fail"]
+
+log = logging.getLogger(__name__)
+
+
+async def active_spec(store: Store, download_id: str) -> tuple[DownloadSpec, DownloadState] | None:
+    """The download's spec and state, or ``None`` when there is nothing to do for it."""
+    state = await store.state(download_id)
+    if state is None or state.finished:
+        log.info("download %s is %s; nothing to do", download_id, state.value if state else "gone")
+        return None
+    spec = await store.spec(download_id)
+    return (spec, state) if spec is not None else None
+
+
+async def fail(store: Store, download_id: str, exc: BaseException, *, rng: Range | None = None) -> bool:
+    """Mark the download failed because of ``exc``; ``False`` if it had already finished.
+
+    The reason is one line, and the URL in it (if any) is redacted.
+    """
+    if isinstance(exc, RangefetchError):
+        reason = str(exc)
+        if exc.url:
+            reason = reason.replace(exc.url, redact_url(exc.url))
+    else:
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split())
+    try:
+        await store.set_state(download_id, DownloadState.FAILED, error=reason)
+    except StateError:
+        log.info("download %s already finished; ignoring: %s", download_id, reason)
+        return False
+    if rng is not None:
+        await store.fail_range(download_id, rng, reason)
+    log.error("download %s failed: %s", download_id, reason)
+    return True
