@@ -23,16 +23,28 @@ __all__ = [
 
 # -- downloads and ranges -------------------------------------------------------
 
-# Move a download to a new state if its current state allows it.
+# Move a download to a new state if its current state allows it, set the
+# fields that go with it, and tell the state channel: all at once, so whoever
+# reads the new state also reads its fields (a "complete" with its sha256).
 # KEYS[1] the download hash.
-# ARGV[1] new state, ARGV[2] now (unix seconds), ARGV[3..] the states that may become ARGV[1].
+# ARGV[1] new state, ARGV[2] now (unix seconds), ARGV[3] the state channel (a channel, not a key),
+# ARGV[4] "1" to set 'started' to now when the state changes, ARGV[5] n, ARGV[6 .. 5+n] field, value pairs,
+# ARGV[6+n ..] the states that may become ARGV[1].
 # Returns {1, previous} on success, {0, current} if the transition is illegal, {-1, ''} if unknown.
 SET_STATE = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {-1, ''} end
-for i = 3, #ARGV do
+local n = tonumber(ARGV[5])
+for i = 6 + n, #ARGV do
   if ARGV[i] == current then
     redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
+    if ARGV[4] == '1' and current ~= ARGV[1] then
+      redis.call('HSET', KEYS[1], 'started', ARGV[2])
+    end
+    for j = 6, 5 + n, 2 do
+      redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1])
+    end
+    redis.call('PUBLISH', ARGV[3], ARGV[1])
     return {1, current}
   end
 end

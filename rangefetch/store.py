@@ -154,29 +154,31 @@ class Store:
     async def set_state(
         self, download_id: str, new: DownloadState, *, error: str | None = None, **extra: str
     ) -> DownloadState:
-        """Move the download to ``new`` atomically; returns the previous state.
+        """Move the download to ``new`` with its fields, atomically; returns the previous state.
+
+        ``error`` and ``extra`` are stored with the state; ``started`` is set
+        when the download starts running, ``finished`` when it ends.  The new
+        state is published on ``keys.state_channel``.
 
         Raises:
             StateError: the transition is illegal, or the download is unknown.
         """
         allowed = [s.value for s in DownloadState if s.can_become(new)]
         now = str(time.time())
-        key = keys.download_key(download_id)
-        ok, previous = await self._call(self._set_state(keys=[key], args=[new.value, now, *allowed]))
+        fields = dict(extra)
+        if error is not None:
+            fields["error"] = error
+        if new.finished:
+            fields["finished"] = now
+        pairs = [item for field in fields.items() for item in field]
+        started = "1" if new is DownloadState.RUNNING and "started" not in fields else "0"
+        channel = keys.state_channel(download_id)
+        args = [new.value, now, channel, started, str(len(pairs)), *pairs, *allowed]
+        ok, previous = await self._call(self._set_state(keys=[keys.download_key(download_id)], args=args))
         if ok == -1:
             raise StateError(f"no download {download_id}")
         if ok == 0:
             DownloadState(_s(previous)).check(new)
-        fields = dict(extra)
-        if error is not None:
-            fields["error"] = error
-        if new is DownloadState.RUNNING and previous != new.value:
-            fields.setdefault("started", now)
-        if new.finished:
-            fields["finished"] = now
-        if fields:
-            await self._call(self.redis.hset(key, mapping=fields))
-        await self._call(self.redis.publish(keys.state_channel(download_id), new.value))
         return DownloadState(_s(previous))
 
     @asynccontextmanager
