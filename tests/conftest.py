@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import fakeredis
 import pytest
+from arq.connections import ArqRedis
+from fakeredis import FakeAsyncRedisConnection
 from rangeserver import RangeServer
+from redis.asyncio import ConnectionPool
 
 # --- range server fixtures (tests/rangeserver.py) ---------------------------
 
@@ -49,3 +53,15 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 # --- end of redis fixtures ----------------------------------------------------
+
+
+# --- fakeredis -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[ArqRedis]:
+    """An arq client on a fresh in-memory fakeredis server (modules may define their own ``redis``)."""
+    pool = ConnectionPool(connection_class=FakeAsyncRedisConnection, server=fakeredis.FakeServer())
+    r = ArqRedis(connection_pool=pool)
+    yield r
+    await r.aclose()

@@ -16,14 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-import fakeredis
 import pytest
 from arq import Retry
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from distributed_helpers import wait_for
-from fakeredis import FakeAsyncRedisConnection
-from redis.asyncio import ConnectionPool
 from test_worker_unit import (
     CHUNK,
     DATA,
@@ -57,14 +54,6 @@ LEASE = keys.download_key(ID, "verifier")
 
 class MakeRuntime(Protocol):
     def __call__(self, worker_id: str = "w1", *, verify_early: bool = True, **overrides: Any) -> Runtime: ...
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[ArqRedis]:
-    pool = ConnectionPool(connection_class=FakeAsyncRedisConnection, server=fakeredis.FakeServer())
-    r = ArqRedis(connection_pool=pool)
-    yield r
-    await r.aclose()
 
 
 @pytest.fixture

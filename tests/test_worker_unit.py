@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import httpx
 import pydantic
 import pytest
@@ -26,8 +25,6 @@ from arq import Retry
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from distributed_helpers import quick_settings
-from fakeredis import FakeAsyncRedisConnection
-from redis.asyncio import ConnectionPool
 
 from rangefetch import (
     JobLimits,
@@ -91,14 +88,6 @@ class _Slow(httpx.AsyncByteStream):
             if self.delay:
                 await asyncio.sleep(self.delay)
             yield self.body[i : i + step]
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[ArqRedis]:
-    pool = ConnectionPool(connection_class=FakeAsyncRedisConnection, server=fakeredis.FakeServer())
-    r = ArqRedis(connection_pool=pool)
-    yield r
-    await r.aclose()
 
 
 @pytest.fixture
@@ -297,9 +286,7 @@ async def test_range_job_without_a_free_slot_is_deferred(rt: Runtime, origin: Or
     assert await rt.store.state(spec.id) is DownloadState.RUNNING
 
 
-async def test_transient_failures_retry_with_backoff_then_fail(
-    redis: ArqRedis, tmp_path: Path, origin: Origin
-) -> None:
+async def test_transient_failures_retry_with_backoff_then_fail(redis: ArqRedis, tmp_path: Path, origin: Origin) -> None:
     rt = make_runtime(
         redis,
         tmp_path,
