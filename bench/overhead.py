@@ -18,7 +18,7 @@ ranges:
   the extra time each range occupies a connection slot in distributed mode
   compared with the same ranges fetched embedded (same chunk size, same
   16 connections), i.e. queue latency, Redis round trips and the per-range
-  fsync and read-back hash.
+  fsync and digest.
 
 Every download is checked by sha256.  Results go to stdout as Markdown and to
 ``WORKDIR/overhead.json``.

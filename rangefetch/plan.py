@@ -76,17 +76,20 @@ class Range:
         return cls(int(start), int(end))
 
 
-def choose_chunk_size(size: int, connections: int) -> int:
+def choose_chunk_size(size: int, connections: int, *, per_connection: int = TARGET_RANGES_PER_CONNECTION) -> int:
     """Pick a range length for a file of ``size`` bytes fetched over ``connections``.
 
+    ``per_connection``: the ranges each connection should get (before the
+    bounds above apply).
+
     Raises:
-        ValueError: ``size`` is negative or ``connections`` is below 1.
+        ValueError: ``size`` is negative, or ``connections`` or ``per_connection`` is below 1.
     """
-    if size < 0 or connections < 1:
-        raise ValueError("size must be >= 0 and connections >= 1")
+    if size < 0 or connections < 1 or per_connection < 1:
+        raise ValueError("size must be >= 0, connections and per_connection >= 1")
     if size <= MIN_CHUNK:
         return max(size, 1)
-    chunk = -(-size // (connections * TARGET_RANGES_PER_CONNECTION))
+    chunk = -(-size // (connections * per_connection))
     chunk = max(MIN_CHUNK, min(chunk, MAX_CHUNK))
     chunk = max(chunk, -(-size // MAX_RANGES))
     return -(-chunk // MiB) * MiB

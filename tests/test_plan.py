@@ -113,14 +113,15 @@ def test_chunk_size_examples() -> None:
     assert choose_chunk_size(MIN_CHUNK, 16) == MIN_CHUNK
     assert choose_chunk_size(MIN_CHUNK + 1, 16) == MIN_CHUNK
     assert choose_chunk_size(1024 * MiB, 16) == 16 * MiB
+    assert choose_chunk_size(1024 * MiB, 16, per_connection=8) == 8 * MiB  # distributed mode's default
     assert choose_chunk_size(1024 * 1024 * MiB, 1) == 105 * MiB  # 1 TiB: MAX_RANGES wins over MAX_CHUNK
     assert count(PiB, choose_chunk_size(PiB, 16)) <= MAX_RANGES
 
 
-@pytest.mark.parametrize(("size", "connections"), [(-1, 1), (10, 0)])
-def test_chunk_size_rejects_bad_arguments(size: int, connections: int) -> None:
+@pytest.mark.parametrize(("size", "connections", "per_connection"), [(-1, 1, 4), (10, 0, 4), (10, 1, 0)])
+def test_chunk_size_rejects_bad_arguments(size: int, connections: int, per_connection: int) -> None:
     with pytest.raises(ValueError):
-        choose_chunk_size(size, connections)
+        choose_chunk_size(size, connections, per_connection=per_connection)
 
 
 # --- Range ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from rangefetch import (
     UsageError,
 )
 from rangefetch.keys import download_key
+from rangefetch.plan import choose_chunk_size
 from rangefetch.state import DownloadState
 from rangefetch.store import Store
 
@@ -193,3 +194,18 @@ def test_resolve_target_needs_one_of_output_or_dir(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not both"):
         resolve_target(tmp_path, None, output="a", directory="b")
     assert resolve_target(tmp_path, None, directory="b") is None
+
+
+async def test_default_ranges_are_smaller_than_embedded_modes(
+    redis: fakeredis.FakeAsyncRedis, tmp_path: Path, server: RangeServer
+) -> None:
+    data = os.urandom(64 * 1024 * 1024 + 5)
+    server.add_file("big.bin", data)
+    settings = Settings(download_dir=tmp_path / "dl", connections=4)
+    result = await enqueue(server.url("big.bin"), settings=settings, redis=redis)
+    spec = await Store(redis).spec(result.id)
+    assert spec is not None
+    # Embedded mode aims at 4 ranges per connection (64 MiB / 16, rounded up to whole MiB), distributed mode at 8.
+    assert choose_chunk_size(len(data), 4) == 5 * 1024 * 1024
+    assert spec.chunk_size == choose_chunk_size(len(data), 4, per_connection=8) == 3 * 1024 * 1024
+    assert spec.ranges == result.added == 22
