@@ -444,9 +444,13 @@ def main() -> int:
             runs: dict[str, list[Run]] = {t.name: [] for t in tools}
             for i in range(args.repeat):  # interleave tools so drift hits all of them alike
                 for t in tools:
+                    run_env = env
                     if scen == "capped":
-                        wait_for_phase((i + 0.5) / args.repeat)
-                    run = run_once(t, url, dl / f"{t.name}.bin", source_sha, timeout, env,
+                        phase = (i + 0.5) / args.repeat
+                        wait_for_phase(phase)
+                        # dist.sh starts Redis and workers first, then waits for the phase again.
+                        run_env = {**env, "BENCH_PHASE": f"{phase:.3f}"}
+                    run = run_once(t, url, dl / f"{t.name}.bin", source_sha, timeout, run_env,
                                    logs / f"{scen}-{t.name}-{i}.log", nginx.access_log)
                     runs[t.name].append(run)
                     print(f"[{scen}] {t.name} #{i + 1}: " + (run.error or
