@@ -38,6 +38,7 @@ __all__ = [
     "hash_prefix",
     "hash_range",
     "hash_window",
+    "hash_window_at",
     "open_for_reading",
     "open_part",
     "part_path",
@@ -114,18 +115,22 @@ async def hash_range(path: Path, rng: Range) -> str:
     """
     stop = threading.Event()
     try:
-        return await asyncio.to_thread(_hash_range_blocking, path, rng, stop)
+        return await asyncio.to_thread(hash_window_at, path, rng, [], None, stop)
     except asyncio.CancelledError:
         stop.set()  # the thread cannot be cancelled; tell it to quit
         raise
 
 
-def _hash_range_blocking(path: Path, rng: Range, stop: threading.Event) -> str:
-    fd = open_for_reading(path)
-    try:
-        return hash_window(fd, rng, [], None, stop, name=path.name)
-    finally:
-        os.close(fd)
+async def hash_prefix(path: Path, rng: Range, length: int) -> RangeDigest:
+    """A ``RangeDigest`` fed the first ``length`` bytes of ``rng`` in the file at ``path``, read in a thread.
+
+    Raises:
+        DownloadError: the file cannot be read or is too short.
+    """
+    if length <= 0:
+        return RangeDigest()
+    # A CRC-32's whole state is its value, so the prefix's digest goes on from there.
+    return RangeDigest(int(await hash_range(path, Range(rng.start, rng.start + length - 1)), 16))
 
 
 def open_for_reading(path: Path) -> int:
@@ -140,28 +145,18 @@ def open_for_reading(path: Path) -> int:
         raise DownloadError(f"cannot read {path.name}: {exc.strerror}") from exc
 
 
-async def hash_prefix(path: Path, rng: Range, length: int) -> RangeDigest:
-    """A ``RangeDigest`` fed the first ``length`` bytes of ``rng`` in the file at ``path``, read in a thread.
+def hash_window_at(
+    path: Path, rng: Range, whole: Sequence[Hasher], pool: ThreadPoolExecutor | None, stop: threading.Event
+) -> str:
+    """``hash_window`` through a descriptor of its own on ``path``: a cancelled caller may go while it runs.
 
     Raises:
-        DownloadError: the file cannot be read or is too short.
+        VerificationError: the file ends inside ``rng``.
+        DownloadError: it cannot be read, or ``stop`` was set.
     """
-    digest = RangeDigest()
-    if length <= 0:
-        return digest
-    stop = threading.Event()
-    try:
-        await asyncio.to_thread(_feed_path, path, Range(rng.start, rng.start + length - 1), [digest], stop)
-    except asyncio.CancelledError:
-        stop.set()
-        raise
-    return digest
-
-
-def _feed_path(path: Path, rng: Range, hashers: Sequence[Hasher], stop: threading.Event) -> None:
     fd = open_for_reading(path)
     try:
-        feed(fd, rng, hashers, [], None, stop, name=path.name)
+        return hash_window(fd, rng, whole, pool, stop, name=path.name)
     finally:
         os.close(fd)
 

@@ -39,9 +39,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import takewhile
 from pathlib import Path
@@ -52,7 +51,7 @@ from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.store import DownloadSpec
 
 from .downloads import fail
-from .files import Hashed, Hasher, hash_window, open_for_reading, part_path
+from .files import Hashed, hash_window_at, part_path
 from .finalize import count_redos, finalize
 from .runtime import Lease, Runtime, background
 
@@ -140,7 +139,7 @@ class Verifier:
                 continue
             for rng, recorded in zip(ahead, ready, strict=False):
                 before = [h.copy() for h in whole]
-                digest = await asyncio.to_thread(_hash_range, path, rng, whole, pool, stop)
+                digest = await asyncio.to_thread(hash_window_at, path, rng, whole, pool, stop)
                 if digest != recorded:
                     whole = before
                     await self._redo(rng)
@@ -210,14 +209,3 @@ async def _wait(wake: Callable[[float], Awaitable[None]]) -> None:
         await wake(WAKE)
     except QueueError:
         await asyncio.sleep(POLL)
-
-
-def _hash_range(
-    path: Path, rng: Range, whole: Sequence[Hasher], pool: ThreadPoolExecutor, stop: threading.Event
-) -> str:
-    """The ``RangeDigest`` of ``rng`` in ``path``, read with a descriptor of its own; ``whole`` gets the bytes too."""
-    fd = open_for_reading(path)
-    try:
-        return hash_window(fd, rng, whole, pool, stop, name=path.name)
-    finally:
-        os.close(fd)
