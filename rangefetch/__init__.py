@@ -14,6 +14,7 @@ from .errors import (
     HTTPStatusError,
     PermanentError,
     ProtocolError,
+    ProxyError,
     QueueError,
     RangefetchError,
     RemoteChangedError,
@@ -21,14 +22,17 @@ from .errors import (
     ServerBusyError,
     StallError,
     StateError,
+    TLSError,
     TransientError,
     UnknownSizeError,
+    UnreachableError,
     UnsafePathError,
     UsageError,
     VerificationError,
 )
 from .fetch import Writer, fetch_range, fetch_stream
 from .names import resolve_output
+from .network import Trust, proxy_for, ssl_context
 from .plan import Range, choose_chunk_size, parse_size, plan_ranges
 from .probe import RemoteFile, probe
 from .progress import Tracker
@@ -54,6 +58,7 @@ __all__ = [
     "PartFile",
     "PermanentError",
     "ProtocolError",
+    "ProxyError",
     "QueueError",
     "Range",
     "RangefetchError",
@@ -65,10 +70,13 @@ __all__ = [
     "Settings",
     "StallError",
     "StateError",
+    "TLSError",
     "Timeouts",
     "Tracker",
     "TransientError",
+    "Trust",
     "UnknownSizeError",
+    "UnreachableError",
     "UnsafePathError",
     "UsageError",
     "VerificationError",
@@ -87,7 +95,9 @@ __all__ = [
     "parse_size",
     "plan_ranges",
     "probe",
+    "proxy_for",
     "redact_headers",
     "redact_url",
     "resolve_output",
+    "ssl_context",
 ]

@@ -25,7 +25,7 @@ from .progress import Tracker
 from .settings import Settings
 from .verify import Checksum
 
-__all__ = ["build_settings", "main", "request_options", "run", "setup_logging"]
+__all__ = ["build_settings", "main", "network_options", "request_options", "run", "setup_logging"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,6 +101,30 @@ _REQUEST_OPTIONS = (
 )
 
 
+def network_options(fn: F) -> F:
+    """Proxy and TLS trust options, shared by ``get``, ``enqueue`` and ``worker`` (curl's and aria2c's names)."""
+    for option in reversed(_NETWORK_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+_NETWORK_OPTIONS = (
+    click.option(
+        "-x", "--proxy", "--all-proxy", "proxy",
+        help="Use this http:// proxy for every URL (default: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY).",
+    ),
+    click.option(
+        "--noproxy", "--no-proxy", "no_proxy",
+        help="Hosts, domains or networks to reach directly, comma-separated; '*' turns proxies off.",
+    ),
+    click.option(
+        "--ca-certificate", "--cacert", "ca_certificate", type=click.Path(path_type=Path, dir_okay=False),
+        help="Trust the CA certificates in this PEM file instead of the default ones.",
+    ),
+    click.option("-k", "--insecure", is_flag=True, default=None, help="Do not verify TLS certificates."),
+)  # fmt: skip
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rangefetch")
 def cli() -> None:
@@ -114,6 +138,7 @@ def cli() -> None:
     "-d", "--dir", "directory", type=click.Path(path_type=Path), help="Save in this directory, named by the server."
 )
 @request_options
+@network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("--redis", "redis_url", help="Run distributed through this Redis (default: RANGEFETCH_REDIS_URL).")
@@ -125,6 +150,10 @@ def get(
     chunk_size: str | None,
     checksum: str | None,
     headers: tuple[str, ...],
+    proxy: str | None,
+    no_proxy: str | None,
+    ca_certificate: Path | None,
+    insecure: bool | None,
     quiet: bool,
     verbose: int,
     redis_url: str | None,
@@ -139,7 +168,10 @@ def get(
     async def main() -> None:
         if output is not None and directory is not None:
             raise UsageError("use either -o PATH or -d DIR, not both")
-        settings = build_settings(connections=connections, chunk_size=chunk_size, redis_url=redis_url)
+        settings = build_settings(
+            connections=connections, chunk_size=chunk_size, redis_url=redis_url,
+            proxy=proxy, no_proxy=no_proxy, ca_certificate=ca_certificate, insecure=insecure,
+        )  # fmt: skip
         expected = Checksum.parse(checksum) if checksum else None
         extra = dict(parse_header(h) for h in headers)
         if settings.redis_url:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import ssl
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -10,16 +13,22 @@ from .errors import (
     ConnectionLostError,
     DownloadError,
     ProtocolError,
+    ProxyError,
     RangefetchError,
     StallError,
+    TLSError,
+    UnreachableError,
     UsageError,
 )
+from .network import Trust, proxy_for, ssl_context
 from .plan import Range
 from .redact import redact_url
 from .settings import Settings
 from .transport import FastTransport, read_size_for
 
-__all__ = ["BASE_HEADERS", "check_url", "make_client", "parse_header", "translate_error"]
+__all__ = ["BASE_HEADERS", "ProxyRouter", "check_url", "make_client", "parse_header", "translate_error"]
+
+log = logging.getLogger(__name__)
 
 # The bytes on disk must be the file's bytes, not a compressed
 # representation of them (RFC 9110 §12.5.3): always ask for identity.
@@ -63,12 +72,19 @@ def parse_header(text: str) -> tuple[str, str]:
     return name, value
 
 
-def make_client(settings: Settings, *, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+def make_client(
+    settings: Settings, *, headers: dict[str, str] | None = None, trust: Trust | None = None
+) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` configured from ``settings``.
 
     The read timeout is the stall timeout: httpx raises when no byte arrives
     for that long, which is exactly a stall.  With ``settings.fast_path``
-    plain-http requests go through ``transport.FastTransport``.
+    requests go through ``transport.FastTransport``, else through httpx's
+    stock transport; either way through the proxy ``network.proxy_for``
+    picks, verifying servers as ``trust`` says (default: ``settings``').
+
+    Raises:
+        UsageError: a CA file cannot be loaded.
     """
     timeout = httpx.Timeout(
         connect=settings.timeouts.connect,
@@ -80,16 +96,18 @@ def make_client(settings: Settings, *, headers: dict[str, str] | None = None) ->
         max_connections=settings.connections + 2,
         max_keepalive_connections=settings.connections + 2,
     )
-    # The fast path is a transport of ours (transport.py); without it httpx
-    # builds its stock transport from ``limits``.
-    transport = None
-    if settings.fast_path:
-        read_size = read_size_for(settings.read_size, settings.connections)
-        transport = FastTransport(limits=limits, read_size=read_size)
+    context = ssl_context(trust or Trust.from_settings(settings))
+    read_size = read_size_for(settings.read_size, settings.connections)
+
+    def transport_for(proxy: str | None) -> httpx.AsyncBaseTransport:
+        if settings.fast_path:
+            return FastTransport(limits=limits, read_size=read_size, ssl_context=context, proxy=proxy)
+        return httpx.AsyncHTTPTransport(verify=context, limits=limits, proxy=proxy, trust_env=False)
+
     return httpx.AsyncClient(
         timeout=timeout,
         limits=limits,
-        transport=transport,
+        transport=ProxyRouter(lambda url: proxy_for(url, settings), transport_for),
         follow_redirects=True,
         max_redirects=10,
         headers={"User-Agent": settings.user_agent, **BASE_HEADERS, **(headers or {})},
@@ -97,14 +115,88 @@ def make_client(settings: Settings, *, headers: dict[str, str] | None = None) ->
     )
 
 
+class ProxyRouter(httpx.AsyncBaseTransport):
+    """Sends each request to the transport of the proxy ``route`` picks for its URL (``None``: direct).
+
+    Transports are made on first use by ``build`` and kept.  A proxy that
+    cannot be reached is a ``httpx.ProxyError`` naming the proxy, whichever
+    transport noticed: never a direct connection instead.
+    """
+
+    def __init__(
+        self, route: Callable[[str], str | None], build: Callable[[str | None], httpx.AsyncBaseTransport]
+    ) -> None:
+        self._route = route
+        self._build = build
+        self._routes: dict[tuple[bytes, bytes, int | None], str | None] = {}
+        self._transports: dict[str | None, httpx.AsyncBaseTransport] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        key = (url.raw_scheme, url.raw_host, url.port)
+        if key not in self._routes:
+            self._routes[key] = proxy = self._route(str(url))
+            if proxy is not None:
+                log.debug("%s://%s goes through the proxy %s", url.scheme, url.host, redact_url(proxy))
+        proxy = self._routes[key]
+        transport = self._transports.get(proxy)
+        if transport is None:
+            transport = self._transports[proxy] = self._build(proxy)
+        if proxy is None:
+            return await transport.handle_async_request(request)
+        try:
+            return await transport.handle_async_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if _tls_cause(exc) is not None:
+                raise  # the tunnel stood; the origin's TLS failed
+            raise httpx.ProxyError(f"could not connect to the proxy {_host(proxy)}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        for transport in self._transports.values():
+            await transport.aclose()
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind ``exc``, following ``__cause__``/``__context__``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _tls_message(error: ssl.SSLError, url: str) -> str:
+    """One line naming what TLS refused, and what to do about it."""
+    host = _host(url)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        reason = error.verify_message or error.reason or str(error)
+        if error.verify_code == 62 or "hostname" in str(reason).lower() or "IP address mismatch" in str(reason):
+            what = f"the certificate of {host} is not valid for that name ({reason})"
+        else:
+            what = f"the certificate of {host} cannot be verified ({reason})"
+    else:
+        what = f"TLS handshake with {host} failed ({error.reason or error})"
+    return f"{what}; to trust its CA use --ca-certificate FILE, or --insecure to skip verification"
+
+
 def translate_error(exc: Exception, *, url: str, range: Range | None = None) -> RangefetchError:
     """Map an httpx (or socket) error onto our tree; the caller raises it ``from exc``."""
     where = f" (range {range})" if range is not None else ""
     if isinstance(exc, RangefetchError):
         return exc
+    if isinstance(exc, httpx.ProxyError):
+        return ProxyError(f"{exc}{where}", url=url, range=range)
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and (tls := _tls_cause(exc)) is not None:
+        return TLSError(_tls_message(tls, url), url=url, range=range)
+    if isinstance(exc, httpx.ConnectError):
+        detail = str(exc) or type(exc).__name__
+        return UnreachableError(f"could not connect to {_host(url)}: {detail}{where}", url=url, range=range)
     if isinstance(exc, httpx.TimeoutException):
         if isinstance(exc, httpx.ConnectTimeout):
-            return ConnectionLostError(f"timed out connecting to {_host(url)}{where}", url=url, range=range)
+            return UnreachableError(f"timed out connecting to {_host(url)}{where}", url=url, range=range)
         return StallError(f"no data from {_host(url)} within the stall timeout{where}", url=url, range=range)
     if isinstance(exc, httpx.TooManyRedirects):
         return ProtocolError(f"too many redirects for {redact_url(url)}", url=url, range=range)

@@ -10,11 +10,14 @@ boundary (``raise ... from exc``) so callers only ever catch ours::
     ├── DownloadError               the download failed (exit 1)
     │   ├── TransientError          worth retrying: drops, stalls, 5xx, 429
     │   │   ├── ConnectionLostError the connection broke or could not be made
+    │   │   │   └── UnreachableError no connection at all: refused, no such host
+    │   │   │       └── ProxyError  the proxy could not be reached or refused the tunnel
     │   │   ├── StallError          no bytes arrived for the stall timeout
     │   │   └── ServerBusyError     5xx or 429, maybe with Retry-After
     │   ├── PermanentError          retrying cannot help
     │   │   ├── HTTPStatusError     404, 410, 401, 403 and other final statuses
     │   │   ├── ProtocolError       a response that breaks the Range rules
+    │   │   ├── TLSError            certificate, host name or TLS version refused
     │   │   ├── RemoteChangedError  the remote file changed under us
     │   │   └── UnknownSizeError    the server does not say how large the file is
     │   ├── RetriesExhaustedError   a transient error that kept coming back
@@ -43,10 +46,13 @@ __all__ = [
     "RemoteChangedError",
     "RetriesExhaustedError",
     "ServerBusyError",
+    "ProxyError",
     "StallError",
     "StateError",
+    "TLSError",
     "TransientError",
     "UnknownSizeError",
+    "UnreachableError",
     "UnsafePathError",
     "UsageError",
     "VerificationError",
@@ -105,6 +111,17 @@ class ConnectionLostError(TransientError):
     """The connection broke, or could not be opened."""
 
 
+# Transient during a download (a restarting server), but the probe gives up
+# on it almost at once: nothing is listening, and retrying for a minute only
+# delays the answer (curl and aria2c fail in milliseconds).
+class UnreachableError(ConnectionLostError):
+    """No connection could be opened: refused, no such host, no route."""
+
+
+class ProxyError(UnreachableError):
+    """The proxy could not be reached, or it refused to forward the request."""
+
+
 class StallError(TransientError):
     """No bytes arrived for longer than the stall timeout."""
 
@@ -140,6 +157,10 @@ class HTTPStatusError(PermanentError):
 
 class ProtocolError(PermanentError):
     """A response broke the Range rules: wrong Content-Range, short or long body."""
+
+
+class TLSError(PermanentError):
+    """The TLS handshake failed: an untrusted certificate, a wrong host name, or no common TLS version."""
 
 
 class RemoteChangedError(PermanentError):

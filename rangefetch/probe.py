@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import httpx
 
 from .client import BASE_HEADERS, translate_error
-from .errors import HTTPStatusError, ServerBusyError, TransientError
+from .errors import HTTPStatusError, ServerBusyError, TransientError, UnreachableError
 from .protocol import (
     is_strong_etag,
     is_transient_status,
@@ -35,9 +35,13 @@ from .protocol import (
 from .redact import redact_url
 from .retry import Backoff
 
-__all__ = ["RemoteFile", "probe", "raise_for_status"]
+__all__ = ["UNREACHABLE_TRIES", "RemoteFile", "probe", "raise_for_status"]
 
 log = logging.getLogger(__name__)
+
+# Tries before the probe gives up on a host (or proxy) that takes no
+# connection: a second look rides out a blip, more only delays the answer.
+UNREACHABLE_TRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +110,25 @@ async def probe(
 ) -> RemoteFile:
     """Find out the size, validators and range support of the file at ``url``.
 
-    Transient failures are retried with ``backoff``.
+    Transient failures are retried with ``backoff``, but a host that takes
+    no connection at all only ``UNREACHABLE_TRIES`` times.
 
     Raises:
         HTTPStatusError: the server answered 404, 403, 410 and the like.
-        RetriesExhaustedError: transient failures did not stop.
-        ConnectionLostError, StallError: only through ``RetriesExhaustedError``.
+        TLSError: the server's certificate or TLS was refused.
+        UnreachableError: no connection to the server (``ProxyError``: to the proxy).
+        RetriesExhaustedError: other transient failures did not stop.
     """
     backoff = backoff or Backoff()
+    unreachable = 0
     while True:
         try:
             return await _probe_once(client, url, dict(headers or {}))
+        except UnreachableError as exc:
+            unreachable += 1
+            if unreachable >= UNREACHABLE_TRIES:
+                raise
+            await backoff.wait(exc)
         except TransientError as exc:
             await backoff.wait(exc)
 

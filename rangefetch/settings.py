@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .keys import DEFAULT_QUEUE
@@ -95,6 +95,11 @@ class JobLimits(BaseModel):
         return self
 
 
+def _env(name: str) -> AliasChoices:
+    """A field read from ``RANGEFETCH_<NAME>`` or from the standard variable ``NAME`` (any case)."""
+    return AliasChoices(f"RANGEFETCH_{name}", name)
+
+
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_JOBS = JobLimits()
@@ -109,6 +114,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="ignore",
         frozen=True,
+        populate_by_name=True,
     )
 
     connections: int = Field(16, ge=1, le=256, description="concurrent connections per download")
@@ -132,7 +138,28 @@ class Settings(BaseSettings):
     max_verify_retries: int = Field(3, ge=0, description="times a range that fails verification is redone")
     jobs: JobLimits = Field(DEFAULT_JOBS, description="range job budget, timeouts and leases of distributed jobs")
 
-    @field_validator("redis_url")
+    # The network path: proxies and TLS trust, as curl and aria2c users expect
+    # (rangefetch/network.py applies them).  The standard variables are read
+    # here, at the entry point, in either case (pydantic-settings matches
+    # names case-insensitively); RANGEFETCH_* spellings work too.
+    proxy: str | None = Field(None, description="one proxy for every URL; wins over the *_PROXY variables")
+    http_proxy: str | None = Field(None, validation_alias=_env("HTTP_PROXY"), description="proxy for http:// URLs")
+    https_proxy: str | None = Field(None, validation_alias=_env("HTTPS_PROXY"), description="proxy for https:// URLs")
+    all_proxy: str | None = Field(None, validation_alias=_env("ALL_PROXY"), description="proxy for any URL")
+    no_proxy: str | None = Field(
+        None, validation_alias=_env("NO_PROXY"), description="hosts never proxied: a,b.example,.c,10.0.0.0/8; * = all"
+    )
+    ca_certificate: Path | None = Field(None, description="trust only the CAs in this PEM file (curl's --cacert)")
+    ssl_cert_file: Path | None = Field(None, validation_alias=_env("SSL_CERT_FILE"), description="CA bundle file")
+    ssl_cert_dir: Path | None = Field(None, validation_alias=_env("SSL_CERT_DIR"), description="CA directory")
+    insecure: bool = Field(False, description="skip TLS certificate and host name verification")
+
+    @field_validator("redis_url", "proxy", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("ca_certificate", "ssl_cert_file", "ssl_cert_dir", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
         return value or None

@@ -1,4 +1,4 @@
-"""The fast path: an httpx transport whose plain-http connections read the socket directly.
+"""The fast path: an httpx transport whose connections read the socket directly, over TLS or not.
 
 Why: with httpx's default stack every body byte goes through anyio's asyncio
 stream (the event loop reads 256 KiB, anyio re-splits it into httpcore's
@@ -9,12 +9,15 @@ bench/README.md ("Levers tried").
 
 The seam, from the outside in:
 
-* ``FastTransport``, an ``httpx.AsyncBaseTransport``.  ``http://`` requests go
-  to an ``httpcore.AsyncConnectionPool`` built on ``DirectBackend``;
-  ``https://`` requests go to a stock ``httpx.AsyncHTTPTransport``.
+* ``FastTransport``, an ``httpx.AsyncBaseTransport``: ``http://`` and
+  ``https://`` requests go to an ``httpcore.AsyncConnectionPool`` built on
+  ``DirectBackend``, directly or through one http:// proxy (``CONNECT`` for
+  https, absolute-form requests for http, RFC 9112 §3.2).  Which proxy a
+  URL takes is ``network.proxy_for``'s choice, made in ``client.ProxyRouter``.
 * ``backend.DirectBackend``, an ``httpcore.AsyncNetworkBackend`` (httpcore's
   public extension point).  Its ``DirectStream`` reads a non-blocking socket
-  with ``recv``, up to ``read_size`` bytes per call instead of httpcore's 64 KiB.
+  with ``recv``, up to ``read_size`` bytes per call instead of httpcore's 64 KiB;
+  its ``TLSStream`` decrypts all the records one ``recv`` brought at once.
 * The body fast path (``_FastHTTP11Connection``): once h11 has parsed the
   headers of a ``Content-Length`` body and its buffer is empty, body bytes
   are read from the socket straight to the caller, and h11 is told how many
@@ -24,9 +27,8 @@ The seam, from the outside in:
 * ``read_size_for``: the read size, lowered with many connections so the
   reads in flight stay within ``READ_MEMORY`` (the peak RSS target).
 
-TLS: ``DirectStream`` does not implement ``start_tls``.  https requests use
-httpcore's default backend through ``httpx.AsyncHTTPTransport``, so TLS
-keeps httpx's certificate handling and is not on the fast path.
+TLS: certificates are checked by the ``ssl.SSLContext`` the client is given
+(``network.ssl_context``), as in httpx's own transport.
 
 Private reach: the body fast path overrides
 ``httpcore.AsyncHTTP11Connection._receive_response_body`` and reads
@@ -43,8 +45,10 @@ this module altogether.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import ssl
 import typing
 from collections.abc import AsyncIterator, Iterator
 
@@ -52,10 +56,13 @@ import h11
 import httpcore
 import httpx
 
-from .backend import DirectBackend, DirectStream
+from urllib.parse import unquote, urlsplit
+
+from .backend import DirectBackend, DirectStream, TLSStream
 
 __all__ = [
     "BODY_FAST_PATH",
+    "Proxy",
     "READ_MEMORY",
     "TESTED_H11",
     "TESTED_HTTPCORE",
@@ -170,7 +177,9 @@ class _FastHTTP11Connection(httpcore.AsyncHTTP11Connection):
     everything after the body.
     """
 
-    def __init__(self, *, origin: httpcore.Origin, stream: DirectStream, keepalive_expiry: float | None) -> None:
+    def __init__(
+        self, *, origin: httpcore.Origin, stream: DirectStream | TLSStream, keepalive_expiry: float | None
+    ) -> None:
         super().__init__(origin=origin, stream=stream, keepalive_expiry=keepalive_expiry)
         self._direct = stream
 
@@ -207,13 +216,84 @@ class _FastHTTP11Connection(httpcore.AsyncHTTP11Connection):
                 break
 
 
-class _DirectConnection(httpcore.AsyncConnectionInterface):
-    """One plain-http connection of the fast pool: connects on first use, then is a ``_FastHTTP11Connection``."""
+async def _tunnel(stream: DirectStream, proxy: Proxy, host: str, port: int, timeout: float | None) -> None:
+    """Ask ``proxy`` for a tunnel to ``host:port`` (``CONNECT``, RFC 9110 §9.3.6).
 
-    def __init__(self, origin: httpcore.Origin, backend: DirectBackend, keepalive_expiry: float | None) -> None:
+    Raises:
+        httpcore.ProxyError: the proxy answered anything but 2xx, or closed.
+    """
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode()
+    if proxy.authorization is not None:
+        head += b"Proxy-Authorization: " + proxy.authorization + b"\r\n"
+    await stream.write(head + b"\r\n", timeout)
+    # Nothing follows the proxy's answer until the TLS handshake starts, so
+    # reading up to the blank line reads exactly the answer.
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        data = await stream.receive(4096, timeout)
+        if not data or len(answer) > 65536:
+            raise httpcore.ProxyError(f"the proxy closed the connection instead of answering CONNECT {target}")
+        answer += data
+    status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].startswith("2"):
+        raise httpcore.ProxyError(f"the proxy answered {status_line!r} to CONNECT {target}")
+
+
+def _absolute_form(request: httpcore.Request, proxy: Proxy) -> httpcore.Request:
+    """``request`` as a forward proxy takes it: the whole URL as the target (RFC 9112 §3.2.2)."""
+    url = request.url
+    default = 80 if url.scheme == b"http" else 443
+    authority = url.host if url.port in (None, default) else url.host + b":%d" % url.port
+    headers = list(request.headers)
+    if proxy.authorization is not None:
+        headers.append((b"Proxy-Authorization", proxy.authorization))
+    return httpcore.Request(
+        method=request.method,
+        url=httpcore.URL(scheme=url.scheme, host=url.host, port=url.port,
+                         target=url.scheme + b"://" + authority + url.target),
+        headers=headers,
+        content=request.stream,
+        extensions=request.extensions,
+    )  # fmt: skip
+
+
+class Proxy(typing.NamedTuple):
+    """An http:// proxy: where it listens and the ``Proxy-Authorization`` its URL's user info makes."""
+
+    url: str
+    host: str
+    port: int
+    authorization: bytes | None
+
+    @classmethod
+    def parse(cls, url: str) -> Proxy:
+        """``http://[user:password@]host[:port]`` (port 1080 by default, as in curl)."""
+        parts = urlsplit(url)
+        auth = None
+        if parts.username is not None:
+            secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            auth = b"Basic " + base64.b64encode(secret)
+        return cls(url, parts.hostname or "", parts.port or 1080, auth)
+
+
+class _DirectConnection(httpcore.AsyncConnectionInterface):
+    """One connection of the fast pool: connects on first use (through ``proxy``, with TLS for https), then is a ``_FastHTTP11Connection``."""
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        backend: DirectBackend,
+        keepalive_expiry: float | None,
+        ssl_context: ssl.SSLContext,
+        proxy: Proxy | None,
+    ) -> None:
         self._origin = origin
         self._backend = backend
         self._keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        self._proxy = proxy
         self._conn: _FastHTTP11Connection | None = None
         self._failed = False
 
@@ -222,18 +302,30 @@ class _DirectConnection(httpcore.AsyncConnectionInterface):
             raise RuntimeError(f"request to {request.url.origin} on a connection to {self._origin}")
         if self._conn is None:
             try:
-                stream = await self._backend.connect_tcp(
-                    self._origin.host.decode("ascii"),
-                    self._origin.port,
-                    timeout=request.extensions.get("timeout", {}).get("connect"),
-                )
+                stream = await self._connect(request.extensions.get("timeout", {}).get("connect"))
             except BaseException:
                 self._failed = True
                 raise
             self._conn = _FastHTTP11Connection(
                 origin=self._origin, stream=stream, keepalive_expiry=self._keepalive_expiry
             )
+        if self._proxy is not None and self._origin.scheme == b"http":
+            request = _absolute_form(request, self._proxy)
         return await self._conn.handle_async_request(request)
+
+    async def _connect(self, timeout: float | None) -> DirectStream | TLSStream:
+        host, port = self._origin.host.decode("ascii"), self._origin.port
+        proxy = self._proxy
+        stream = await self._backend.connect_tcp(proxy.host if proxy else host, proxy.port if proxy else port, timeout)
+        try:
+            if self._origin.scheme != b"https":
+                return stream
+            if proxy is not None:
+                await _tunnel(stream, proxy, host, port, timeout)
+            return await stream.start_tls(self._ssl_context, server_hostname=host, timeout=timeout)
+        except BaseException:
+            await stream.aclose()
+            raise
 
     async def aclose(self) -> None:
         if self._conn is not None:
@@ -266,7 +358,9 @@ class _DirectConnection(httpcore.AsyncConnectionInterface):
 class _DirectPool(httpcore.AsyncConnectionPool):
     """An ``httpcore.AsyncConnectionPool`` whose connections use the body fast path."""
 
-    def __init__(self, *, backend: DirectBackend, limits: httpx.Limits) -> None:
+    def __init__(
+        self, *, backend: DirectBackend, limits: httpx.Limits, ssl_context: ssl.SSLContext, proxy: Proxy | None
+    ) -> None:
         super().__init__(
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
@@ -275,9 +369,12 @@ class _DirectPool(httpcore.AsyncConnectionPool):
         )
         self._direct_backend = backend
         self._direct_keepalive = limits.keepalive_expiry
+        self._direct_ssl = ssl_context
+        self._direct_proxy = proxy
 
     def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
-        return _DirectConnection(origin, self._direct_backend, self._direct_keepalive)
+        return _DirectConnection(origin, self._direct_backend, self._direct_keepalive, self._direct_ssl,
+                                 self._direct_proxy)  # fmt: skip
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -299,16 +396,26 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 
 class FastTransport(httpx.AsyncBaseTransport):
-    """httpx transport: ``http://`` over ``DirectBackend``, ``https://`` over httpx's own transport.
+    """httpx transport: ``http://`` and ``https://`` over ``DirectBackend``, directly or through one proxy.
 
     Args:
-        limits: connection limits for both pools.
+        limits: connection limits of the pool.
         read_size: the largest socket read on the fast path.
+        ssl_context: verifies https servers (``network.ssl_context``).
+        proxy: an ``http://`` proxy URL every request goes through, or None.
         body_fast_path: read ``Content-Length`` bodies around h11 (default:
             ``BODY_FAST_PATH``, i.e. when the probe at import allows it).
     """
 
-    def __init__(self, *, limits: httpx.Limits, read_size: int, body_fast_path: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits,
+        read_size: int,
+        ssl_context: ssl.SSLContext,
+        proxy: str | None = None,
+        body_fast_path: bool | None = None,
+    ) -> None:
         backend = DirectBackend(read_size=read_size)
         if body_fast_path is None:
             body_fast_path = BODY_FAST_PATH
@@ -317,19 +424,19 @@ class FastTransport(httpx.AsyncBaseTransport):
         self.body_fast_path = body_fast_path
         self._pool: httpcore.AsyncConnectionPool
         if body_fast_path:
-            self._pool = _DirectPool(backend=backend, limits=limits)
+            parsed = Proxy.parse(proxy) if proxy else None
+            self._pool = _DirectPool(backend=backend, limits=limits, ssl_context=ssl_context, proxy=parsed)
         else:
             self._pool = httpcore.AsyncConnectionPool(
+                ssl_context=ssl_context,
+                proxy=httpcore.Proxy(proxy, ssl_context=ssl_context) if proxy else None,
                 max_connections=limits.max_connections,
                 max_keepalive_connections=limits.max_keepalive_connections,
                 keepalive_expiry=limits.keepalive_expiry,
                 network_backend=backend,
             )
-        self._tls = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme != "http":
-            return await self._tls.handle_async_request(request)
         assert isinstance(request.stream, httpx.AsyncByteStream)
         core_request = httpcore.Request(
             method=request.method,
@@ -355,4 +462,3 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
-        await self._tls.aclose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -30,8 +31,11 @@ from rangefetch import (
     Settings,
     StallError,
     Timeouts,
+    TLSError,
+    Trust,
     download,
     make_client,
+    ssl_context,
 )
 from rangefetch import transport as fast
 from rangefetch.backend import DirectBackend, DirectStream
@@ -41,6 +45,7 @@ BIG = os.urandom(8 * 1024 * 1024 + 12345)
 SMALL = os.urandom(1_000_000)
 FAST_RETRY = RetryPolicy(backoff=0.01, backoff_max=0.05, max_tries=4)
 BODY_PATHS = [pytest.param(True, id="body_fast"), pytest.param(False, id="body_h11")]
+CONTEXT = ssl_context(Trust())
 
 
 @pytest.fixture
@@ -58,7 +63,9 @@ async def direct(srv: RangeServer) -> AsyncIterator[DirectStream]:
 
 
 def client(body_fast_path: bool, *, stall: float = 10.0, read_size: int = 1024 * 1024) -> httpx.AsyncClient:
-    transport = fast.FastTransport(limits=httpx.Limits(), read_size=read_size, body_fast_path=body_fast_path)
+    transport = fast.FastTransport(
+        limits=httpx.Limits(), read_size=read_size, ssl_context=CONTEXT, body_fast_path=body_fast_path
+    )
     return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(10.0, read=stall))
 
 
@@ -110,8 +117,11 @@ async def test_stream_extra_info_and_tls_refusal(srv: RangeServer, direct: Direc
     assert direct.get_extra_info("socket") is not None
     assert direct.get_extra_info("is_readable") is False
     assert direct.get_extra_info("ssl_object") is None
-    with pytest.raises(httpcore.UnsupportedProtocol):
-        await direct.start_tls(None)
+    # The range server speaks plain HTTP: the handshake fails as a ConnectError
+    # whose cause says why (client.translate_error makes it a TLSError).
+    with pytest.raises(httpcore.ConnectError) as info:
+        await direct.start_tls(CONTEXT, server_hostname="127.0.0.1", timeout=5)
+    assert isinstance(info.value.__cause__, ssl.SSLError)
 
 
 async def test_connect_refused(unused_tcp_port: int) -> None:
@@ -178,12 +188,13 @@ async def test_refused_is_connection_lost(unused_tcp_port: int) -> None:
     assert isinstance(translate_error(info.value, url=url), ConnectionLostError)
 
 
-async def test_https_does_not_use_the_direct_backend(srv: RangeServer) -> None:
-    # The range server speaks plain HTTP, so the TLS handshake of httpx's own
-    # transport fails; DirectStream would have refused with UnsupportedProtocol.
+async def test_https_to_a_plain_server_is_a_tls_error(srv: RangeServer) -> None:
+    url = f"https://127.0.0.1:{srv.port}/f/small"
     async with client(True) as http:
-        with pytest.raises(httpx.ConnectError):
-            await http.get(f"https://127.0.0.1:{srv.port}/f/small")
+        with pytest.raises(httpx.ConnectError) as info:
+            await http.get(url)
+    error = translate_error(info.value, url=url)
+    assert isinstance(error, TLSError) and "--ca-certificate FILE" in str(error) and "--insecure" in str(error)
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
@@ -280,8 +291,8 @@ def test_probe_reports_changed_h11_internals(monkeypatch: pytest.MonkeyPatch) ->
 def test_forcing_an_unavailable_body_fast_path_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast, "BODY_FAST_PATH", False)
     with pytest.raises(ValueError, match="not available"):
-        fast.FastTransport(limits=httpx.Limits(), read_size=65536, body_fast_path=True)
-    assert fast.FastTransport(limits=httpx.Limits(), read_size=65536).body_fast_path is False
+        fast.FastTransport(limits=httpx.Limits(), read_size=65536, ssl_context=CONTEXT, body_fast_path=True)
+    assert fast.FastTransport(limits=httpx.Limits(), read_size=65536, ssl_context=CONTEXT).body_fast_path is False
 
 
 def test_import_falls_back_on_an_untested_version(srv: RangeServer, tmp_path: Path) -> None:

@@ -1,0 +1,169 @@
+"""The network path of a request: which proxy it takes and which certificates it trusts.
+
+Both follow what curl and aria2c users expect:
+
+* **Proxies.** ``--proxy`` (``Settings.proxy``) is used for every URL; else
+  the scheme's own variable (``HTTPS_PROXY`` for https://, ``HTTP_PROXY`` for
+  http://), else ``ALL_PROXY``; all are read in either case at the entry
+  point.  ``NO_PROXY`` (``--noproxy``) lists hosts that go direct: ``*`` for
+  all, a host or IP, a domain (``example.com`` and ``.example.com`` both
+  cover its subdomains), or an IP network (``10.0.0.0/8``), as curl 7.86+
+  reads it.  A proxy that is configured is always used: when it cannot be
+  reached the download fails (``ProxyError``), it never goes direct instead.
+* **Trust.** ``--insecure`` skips verification; else ``--ca-certificate``
+  (``Settings.ca_certificate``) replaces the default CAs, as curl's
+  ``--cacert`` does; else ``SSL_CERT_FILE``/``SSL_CERT_DIR``; else certifi's
+  bundle (httpx's default).  A download may bring its own CA certificates
+  as PEM text (distributed mode stores the producer's ``--ca-certificate``
+  with the download, since the file is on the producer's host).
+
+Nothing here reads the environment: everything comes from ``Settings``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import certifi
+
+from .errors import UsageError
+from .redact import redact_url
+from .settings import Settings
+
+__all__ = ["Trust", "proxy_for", "ssl_context"]
+
+PROXY_SCHEMES = ("http",)
+
+
+def proxy_for(url: str, settings: Settings) -> str | None:
+    """The proxy URL to reach ``url`` through, or ``None`` to connect directly.
+
+    Raises:
+        UsageError: the proxy URL is not an ``http://`` URL with a host and port.
+    """
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if _bypassed(host, settings.no_proxy):
+        return None
+    scheme_proxy = settings.https_proxy if scheme == "https" else settings.http_proxy if scheme == "http" else None
+    proxy = settings.proxy or scheme_proxy or settings.all_proxy
+    return check_proxy(proxy) if proxy else None
+
+
+def check_proxy(proxy: str) -> str:
+    """``proxy`` as a full URL (``host:port`` alone means ``http://host:port``, as in curl).
+
+    Raises:
+        UsageError: not an http:// proxy with a host, or a bad port.
+    """
+    if "://" not in proxy:
+        proxy = f"http://{proxy}"
+    try:
+        parts = urlsplit(proxy)
+        _ = parts.port
+    except ValueError as exc:
+        raise UsageError(f"invalid proxy {redact_url(proxy)!r}: {exc}") from exc
+    if parts.scheme.lower() not in PROXY_SCHEMES:
+        raise UsageError(f"unsupported proxy scheme {parts.scheme}:// in {redact_url(proxy)!r}: use an http:// proxy")
+    if not parts.hostname:
+        raise UsageError(f"invalid proxy {redact_url(proxy)!r}: no host")
+    return proxy
+
+
+def _bypassed(host: str, no_proxy: str | None) -> bool:
+    """Whether ``host`` is listed in ``no_proxy`` (curl's rules, see the module docstring)."""
+    if not no_proxy:
+        return False
+    host = host.strip("[]").rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy.replace(" ", ",").split(","):
+        entry = entry.strip().lower().strip("[]").rstrip(".")
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        domain = entry.lstrip(".").split(":")[0]
+        if host == domain or host.endswith("." + domain):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """Which TLS certificates to accept.
+
+    ``ca_pem`` (PEM text) wins over ``ca_file``/``ca_dir``; with none of them
+    certifi's bundle is used.  ``insecure`` accepts any certificate for any
+    name.
+    """
+
+    insecure: bool = False
+    ca_file: Path | None = None
+    ca_dir: Path | None = None
+    ca_pem: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, ca_pem: str | None = None, insecure: bool = False) -> Trust:
+        """The trust ``settings`` describe; ``ca_pem`` and ``insecure`` are a download's own additions."""
+        ca_file, ca_dir = settings.ssl_cert_file, settings.ssl_cert_dir
+        if settings.ca_certificate is not None:
+            ca_file, ca_dir = settings.ca_certificate, None
+        return cls(insecure=insecure or settings.insecure, ca_file=ca_file, ca_dir=ca_dir, ca_pem=ca_pem)
+
+
+def ssl_context(trust: Trust) -> ssl.SSLContext:
+    """A client ``SSLContext`` for ``trust``: TLS 1.2 or later, HTTP/1.1 by ALPN.
+
+    Raises:
+        UsageError: a CA file or directory cannot be read or holds no certificate.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    if trust.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    try:
+        if trust.ca_pem is not None:
+            ctx.load_verify_locations(cadata=trust.ca_pem)
+        elif trust.ca_file is not None or trust.ca_dir is not None:
+            ctx.load_verify_locations(
+                cafile=str(trust.ca_file) if trust.ca_file else None,
+                capath=str(trust.ca_dir) if trust.ca_dir else None,
+            )
+        else:
+            ctx.load_verify_locations(cafile=certifi.where())
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        where = "the CA certificates given" if trust.ca_pem is not None else str(trust.ca_file or trust.ca_dir)
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"cannot load CA certificates from {where}: {detail}") from exc
+    return ctx
+
+
+def read_ca_pem(path: Path) -> str:
+    """The PEM text of the CA file at ``path``, checked to hold at least one certificate.
+
+    Raises:
+        UsageError: the file cannot be read or holds no certificate.
+    """
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read CA certificate {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    ssl_context(Trust(ca_pem=text))
+    return text
