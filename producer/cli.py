@@ -20,7 +20,7 @@ import click
 from arq.connections import ArqRedis
 
 from rangefetch import Checksum, Settings, Tracker, hash_fd, parse_header
-from rangefetch.cli import build_settings, request_options, run, setup_logging
+from rangefetch.cli import build_settings, network_options, request_options, run, setup_logging
 from rangefetch.connections import open_redis
 from rangefetch.display import show_progress
 from rangefetch.errors import RangefetchError
@@ -65,6 +65,7 @@ async def _connect(settings: Settings, *, patient: bool = False) -> AsyncIterato
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write, inside the download directory.")
 @click.option("-d", "--dir", "directory", type=click.Path(path_type=Path), help="Folder inside the download directory.")
 @request_options
+@network_options
 @_common
 def enqueue(
     url: str,
@@ -74,6 +75,10 @@ def enqueue(
     chunk_size: str | None,
     checksum: str | None,
     headers: tuple[str, ...],
+    proxy: str | None,
+    no_proxy: str | None,
+    ca_certificate: Path | None,
+    insecure: bool | None,
     redis_url: str | None,
     verbose: int,
 ) -> None:
@@ -81,11 +86,17 @@ def enqueue(
 
     Enqueuing the same URL to the same output again prints the same id and
     only queues what is missing: it resumes a failed or cancelled download.
+    The probe goes through this host's proxies; --ca-certificate and
+    --insecure are stored with the download, for every worker to verify
+    the server with.
     """
     setup_logging(verbose)
 
     async def main() -> None:
-        settings = build_settings(connections=connections, chunk_size=chunk_size, redis_url=redis_url)
+        settings = build_settings(
+            connections=connections, chunk_size=chunk_size, redis_url=redis_url,
+            proxy=proxy, no_proxy=no_proxy, ca_certificate=ca_certificate, insecure=insecure,
+        )  # fmt: skip
         expected = Checksum.parse(checksum) if checksum else None
         extra = dict(parse_header(h) for h in headers)
         async with _connect(settings) as redis:

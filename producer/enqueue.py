@@ -11,6 +11,14 @@ the download starts over.
 
 Output paths always lie inside ``Settings.download_dir``, the volume the
 workers share; Redis stores them relative to it.
+
+How the server is verified is part of the download: ``Settings.insecure``
+and the CA certificates of ``Settings.ca_certificate`` (a file on this
+host, so its PEM text is stored, not its path) go into the
+``DownloadSpec``, and every worker verifies the server with exactly those,
+wherever it runs.  Proxies, and the default trust store (``SSL_CERT_FILE``
+and the like), are each host's own: the probe here uses this host's, the
+workers theirs.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from rangefetch import (
     redact_url,
     resolve_output,
 )
+from rangefetch.network import read_ca_pem
 from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
@@ -134,7 +143,8 @@ async def enqueue(
 
     Args:
         url: an http:// or https:// URL of a server that supports ranges.
-        settings: download directory, queue name, connections, chunk size.
+        settings: download directory, queue name, connections, chunk size;
+            its ``insecure`` and ``ca_certificate`` are stored with the download.
         redis: the Redis holding the queue and the download records.
         output: the file, relative to ``settings.download_dir``.
         directory: a folder inside the download directory; the server names the file.
@@ -143,7 +153,7 @@ async def enqueue(
         client: an httpx client for the probe instead of one from ``settings``.
 
     Raises:
-        UsageError: a bad URL or flag.
+        UsageError: a bad URL or flag, or a CA certificate file that cannot be read.
         UnsafePathError: the output lies outside the download directory.
         PermanentError: the server cannot serve ranges; UnknownSizeError: no size.
         DownloadError: the probe failed, or the file cannot be created.
@@ -152,6 +162,7 @@ async def enqueue(
     check_url(url)
     base = settings.download_dir.resolve()
     resolve_target(base, None, output=output, directory=directory)  # fail fast, before the network
+    ca_pem = await asyncio.to_thread(read_ca_pem, settings.ca_certificate) if settings.ca_certificate else None
     headers = dict(headers or {})
     remote = await _probe(url, settings, headers, client)
     size = _distributable_size(remote)
@@ -198,6 +209,8 @@ async def enqueue(
             last_modified=remote.last_modified,
             checksum=str(checksum) if checksum else None,
             headers=headers,
+            insecure=settings.insecure,
+            ca_pem=ca_pem,
         )
         if current is None and await store.create(spec):
             state = DownloadState.QUEUED

@@ -31,6 +31,7 @@ WORKERS = PREFIX + "workers"  # zset: worker id -> last heartbeat (unix seconds)
 # Per download, ``download_key(id, part)``:
 #   ""          hash: the download's fields (url, size, state, ...)
 #   "headers"   hash: request headers (secrets: never shown)
+#   "ca"        string: CA certificates (PEM) the download's servers are verified with
 #   "done"      set: ranges finished and fsynced ("start-end")
 #   "progress"  hash: range -> bytes fsynced so far
 #   "digest"    hash: range -> digest (CRC-32 hex) of the range as written

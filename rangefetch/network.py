@@ -34,7 +34,7 @@ from .errors import UsageError
 from .redact import redact_url
 from .settings import Settings
 
-__all__ = ["Trust", "proxy_for", "ssl_context"]
+__all__ = ["Trust", "check_network", "check_proxy", "proxy_for", "read_ca_pem", "ssl_context"]
 
 PROXY_SCHEMES = ("http",)
 
@@ -167,3 +167,15 @@ def read_ca_pem(path: Path) -> str:
         raise UsageError(f"cannot read CA certificate {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     ssl_context(Trust(ca_pem=text))
     return text
+
+
+def check_network(settings: Settings) -> None:
+    """Check the proxy URLs and CA certificates of ``settings`` before any request.
+
+    Raises:
+        UsageError: a proxy URL is malformed, or the CA certificates cannot be loaded.
+    """
+    for proxy in (settings.proxy, settings.https_proxy, settings.http_proxy, settings.all_proxy):
+        if proxy:
+            check_proxy(proxy)
+    ssl_context(Trust.from_settings(settings))

@@ -5,7 +5,9 @@ one class, so the layout of the keys (``keys.py``) has one reader and writer.
 Multi-key updates that must be atomic run as Lua scripts (``scripts.py``);
 the status record is assembled in ``status.py``.  Request headers live in
 their own hash and are only read by workers: ``status`` never sees them,
-and URLs are shown redacted.
+and URLs are shown redacted.  A download's own CA certificates (PEM text,
+public but possibly a large bundle) live in their own key too, so the
+status reads that poll the download's hash never carry them.
 """
 
 from __future__ import annotations
@@ -48,11 +50,18 @@ class DownloadSpec:
     last_modified: str | None = None
     checksum: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # How the workers verify the server, decided by whoever enqueued it:
+    # skip verification, or trust exactly these CA certificates (PEM text
+    # read from the producer's --ca-certificate).  Neither: the worker's own trust.
+    insecure: bool = False
+    ca_pem: str | None = field(default=None, repr=False)  # long: kept out of log lines
 
     def fields(self) -> dict[str, str]:
-        """The hash fields to store (headers go elsewhere)."""
+        """The hash fields to store (headers and the CA certificates go elsewhere)."""
         data = asdict(self)
         data.pop("headers")
+        data.pop("ca_pem")
+        data["insecure"] = "1" if self.insecure else "0"
         return {k: str(v) for k, v in data.items() if v is not None}
 
 
@@ -97,6 +106,8 @@ class Store:
                     pipe.hset(key, mapping={**spec.fields(), "state": DownloadState.QUEUED.value, "created": now})
                     if spec.headers:
                         pipe.hset(keys.download_key(spec.id, "headers"), mapping=dict(spec.headers))
+                    if spec.ca_pem is not None:
+                        pipe.set(keys.download_key(spec.id, "ca"), spec.ca_pem)
                     pipe.zadd(keys.DOWNLOADS, {spec.id: float(now)})
                     await pipe.execute()
             return bool(created)
@@ -116,6 +127,11 @@ class Store:
                 pipe.delete(headers_key)
                 if spec.headers:
                     pipe.hset(headers_key, mapping=dict(spec.headers))
+                ca_key = keys.download_key(spec.id, "ca")
+                if spec.ca_pem is None:
+                    pipe.delete(ca_key)
+                else:
+                    pipe.set(ca_key, spec.ca_pem)
                 await pipe.execute()
         except RedisError as exc:
             raise QueueError(f"cannot update download {spec.id}: {exc}") from exc
@@ -126,11 +142,17 @@ class Store:
         return {_s(k): _s(v) for k, v in data.items()} if data else None
 
     async def spec(self, download_id: str) -> DownloadSpec | None:
-        """The ``DownloadSpec`` (with headers) a worker needs, or ``None``."""
+        """The ``DownloadSpec`` (with headers and CA certificates) a worker needs, or ``None``.
+
+        Records written before a field existed load with its default.
+        """
         data = await self.get(download_id)
         if data is None:
             return None
-        headers = await self._call(self.redis.hgetall(keys.download_key(download_id, "headers")))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.download_key(download_id, "headers"))
+            pipe.get(keys.download_key(download_id, "ca"))
+            headers, ca_pem = await self._call(pipe.execute())
         return DownloadSpec(
             id=data["id"],
             url=data["url"],
@@ -144,6 +166,8 @@ class Store:
             last_modified=data.get("last_modified"),
             checksum=data.get("checksum"),
             headers={_s(k): _s(v) for k, v in headers.items()},
+            insecure=data.get("insecure") == "1",
+            ca_pem=_s(ca_pem) if ca_pem is not None else None,
         )
 
     async def state(self, download_id: str) -> DownloadState | None:

@@ -4,7 +4,7 @@
 ``settings.py``, whose docstring explains the timeouts, leases and limits.
 The jobs are ``fetch_range`` (``jobs.py``), ``finalize`` and the ``sweep``
 cron job (``finalize.py``); ``runtime.py`` holds the per-process state
-(one httpx client, the ``Store``, leases, the heartbeat) and ``files.py``
+(the httpx clients, the ``Store``, leases, the heartbeat) and ``files.py``
 the ``.part`` file handling and hashing.  Everything here imports only
 from ``rangefetch``.
 """

@@ -5,6 +5,13 @@ settings once, configures logging (never header values, never the Redis
 settings, whose repr holds the password) and runs the worker until SIGTERM
 or SIGINT, or until the queue is empty with ``--burst``.
 
+Proxies and the default trust store (``--proxy``, ``--noproxy``,
+``--ca-certificate``, ``--insecure``, or the standard variables) are the
+worker's own: they are checked before it starts, since a proxy URL or CA
+file it could not use would fail every range it takes.  A download
+enqueued with its own CA certificates or ``--insecure`` keeps them
+(``Runtime.client_for``).
+
 Redis outages: commands retry for about a minute (``redis_settings``).
 When arq's loop still dies of a Redis error, the worker is closed (its jobs
 save their progress and go back to the queue) and started again after a
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,8 +33,9 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from rangefetch import QueueError, Settings, redact_url
-from rangefetch.cli import build_settings, run, setup_logging
+from rangefetch.cli import build_settings, network_options, run, setup_logging
 from rangefetch.connections import redis_settings
+from rangefetch.network import check_network
 
 from .runtime import RUNTIME_KEY, shutdown
 from .settings import create_worker
@@ -44,15 +53,29 @@ MAX_RESTART_DELAY = 30.0
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Range jobs run at once (default 8).")
 @click.option("--burst", is_flag=True, help="Stop once the queue is empty.")
 @click.option("--redis", "redis_url", help="Redis URL (default: RANGEFETCH_REDIS_URL).")
+@network_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def worker(concurrency: int | None, burst: bool, redis_url: str | None, verbose: bool) -> None:
+def worker(
+    concurrency: int | None,
+    burst: bool,
+    redis_url: str | None,
+    proxy: str | None,
+    no_proxy: str | None,
+    ca_certificate: Path | None,
+    insecure: bool | None,
+    verbose: bool,
+) -> None:
     """Fetch ranges and finalize downloads from the Redis queue until stopped."""
     # A worker is a service: it logs what it does (info) by default, with times and sources.
     setup_logging(2 if verbose else 1, fmt=LOG_FORMAT)
 
     async def main() -> None:
-        settings = build_settings(worker_concurrency=concurrency, redis_url=redis_url)
+        settings = build_settings(
+            worker_concurrency=concurrency, redis_url=redis_url,
+            proxy=proxy, no_proxy=no_proxy, ca_certificate=ca_certificate, insecure=insecure,
+        )  # fmt: skip
         redis_settings(settings)  # a missing or malformed URL fails here, in one line
+        check_network(settings)
         await serve(settings, burst=burst)
 
     run(main)

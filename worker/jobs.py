@@ -3,10 +3,11 @@
 ``fetch_range_job(ctx, download_id, start, end)`` is thin: it checks the
 download's state, opens the ``.part`` file the producer created (never
 creating it), takes a connection slot, and runs the core's ``fetch_range``
-from the range's recorded progress, digesting the bytes as it writes them.
-Then it fsyncs and marks the range done with that digest; the job that
-finishes the last range enqueues the finalizer, the others make sure the
-download has an early verifier (``worker.verifier``).
+with the download's client (``Runtime.client_for``: the download's trust,
+the worker's proxies) from the range's recorded progress, digesting the
+bytes as it writes them.  Then it fsyncs and marks the range done with
+that digest; the job that finishes the last range enqueues the finalizer,
+the others make sure the download has an early verifier (``worker.verifier``).
 
 How a run ends
 --------------
@@ -31,9 +32,10 @@ How a run ends
   ours: ``Store.count_attempt`` counts runs in a row that made no progress,
   and ``Settings.jobs.max_attempts`` of them fail the download.
 * **Permanent failure** (the remote changed, a protocol violation, a
-  4xx, an unsafe path, a missing ``.part``): the range and the download are
-  marked failed with a one-line reason (shown by ``status``) and the error
-  is raised for arq to log.
+  4xx, a certificate that cannot be verified (``TLSError``), an unsafe
+  path, a missing ``.part``): the range and the download are marked failed
+  with a one-line reason (shown by ``status``), never retried, and the
+  error is raised for arq to log.
 * **Cancelled** (SIGTERM stops the worker, arq cancels its jobs): the bytes
   written so far are fsynced and recorded, the slots released, and the
   ``CancelledError`` re-raised, so arq puts the job back and the next run
@@ -277,11 +279,12 @@ class _Transfer:
             last_modified=spec.last_modified,
         )
         end = _End.DONE
+        client = rt.client_for(spec)
         try:
             async with asyncio.TaskGroup() as tg:
                 task = tg.create_task(
                     fetch_range(
-                        rt.client,
+                        client,
                         remote,
                         rng,
                         writer,

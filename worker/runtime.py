@@ -1,7 +1,17 @@
-"""What a worker process keeps in arq's ``ctx``: one client, one store, leases, a heartbeat, verifiers.
+"""What a worker process keeps in arq's ``ctx``: its clients, one store, leases, a heartbeat, verifiers.
 
 ``startup`` (arq's ``on_startup``) builds one ``Runtime`` per process and
 ``shutdown`` closes it; jobs find it with ``Runtime.of(ctx)``.
+
+Clients
+-------
+Proxies and the default trust store are the worker's own (its flags and
+environment: each worker may sit on a different network), so one client,
+``Runtime.client``, serves every download that brings nothing of its own.
+How a server is verified is decided by whoever enqueued the download
+(``DownloadSpec.insecure``, ``DownloadSpec.ca_pem``): ``Runtime.client_for``
+gives such downloads a client of their own, one per distinct choice, made on
+first use and closed with the runtime.
 
 Leases
 ------
@@ -36,8 +46,8 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
 
-from rangefetch import QueueError, Settings, make_client
-from rangefetch.store import Store, WorkerInfo
+from rangefetch import QueueError, Settings, Trust, make_client
+from rangefetch.store import DownloadSpec, Store, WorkerInfo
 
 __all__ = ["HARD_STOP_MARGIN", "HEARTBEAT_INTERVAL", "Lease", "Runtime", "background", "shutdown", "startup"]
 
@@ -120,6 +130,8 @@ class Runtime:
     running: set[str] = field(default_factory=set)
     verifiers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # download id -> early verifier
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    # (insecure, ca_pem) of downloads that bring their own trust -> their client
+    clients: dict[tuple[bool, str | None], httpx.AsyncClient] = field(default_factory=dict)
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> Runtime:
@@ -127,6 +139,30 @@ class Runtime:
         runtime = ctx[RUNTIME_KEY]
         assert isinstance(runtime, Runtime)
         return runtime
+
+    def client_for(self, spec: DownloadSpec) -> httpx.AsyncClient:
+        """The client to fetch ``spec``'s ranges with.
+
+        ``client`` when the download brings no trust of its own; else one
+        client per distinct (``insecure``, ``ca_pem``), through the worker's
+        own proxies, kept until the runtime closes.
+
+        Raises:
+            UsageError: the download's CA certificates cannot be loaded.
+        """
+        if not spec.insecure and spec.ca_pem is None:
+            return self.client
+        key = (spec.insecure, spec.ca_pem)
+        client = self.clients.get(key)
+        if client is None:
+            trust = Trust.from_settings(self.settings, ca_pem=spec.ca_pem, insecure=spec.insecure)
+            client = self.clients[key] = make_client(_client_settings(self.settings), trust=trust)
+            self.stack.push_async_callback(client.aclose)
+            log.info(
+                "download %s brings its own trust (%s); a client for it",
+                spec.id, "insecure" if spec.insecure else "its CA certificates",
+            )  # fmt: skip
+        return client
 
     @asynccontextmanager
     async def job(self, ctx: dict[str, Any]) -> AsyncIterator[Lease]:
@@ -183,8 +219,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """arq ``on_startup``: one httpx client, a ``Store`` on arq's pool, and the heartbeat."""
     settings: Settings = ctx[SETTINGS_KEY]
     redis: ArqRedis = ctx["redis"]
-    # One connection per concurrent job: the client's pool must not be the limit.
-    client = make_client(settings.model_copy(update={"connections": settings.worker_concurrency}))
+    client = make_client(_client_settings(settings))
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     runtime = Runtime(settings, redis, Store(redis), client, worker_id, settings.download_dir.resolve())
     await runtime.stack.enter_async_context(client)
@@ -194,6 +229,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     log.info(
         "worker %s: %d jobs at once, downloads in %s", worker_id, settings.worker_concurrency, runtime.download_dir
     )
+
+
+def _client_settings(settings: Settings) -> Settings:
+    """``settings`` for a worker's client: one connection per concurrent job, so its pool is never the limit."""
+    return settings.model_copy(update={"connections": settings.worker_concurrency})
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
