@@ -6,6 +6,9 @@
 # workers and redis and waits for them, so their CPU time and peak RSS are
 # counted with the command's (run.py reads them with wait4).  The download's
 # own seconds (after the workers are up) go to OUT.seconds for the throughput.
+# With BENCH_CA set (run.py's TLS scenarios: the bench CA's certificate), the
+# workers and `get` get `--ca-certificate BENCH_CA`, and the environment
+# RANGEFETCH_CA_CERTIFICATE=BENCH_CA; unset, the command lines are the plain ones.
 set -u
 workers=$1 url=$2 out=$3
 shift 3
@@ -23,30 +26,42 @@ url_redis="redis://127.0.0.1:$port/0"
 # Distributed mode keeps outputs inside the download directory.
 RANGEFETCH_DOWNLOAD_DIR=$(dirname "$out")
 export RANGEFETCH_DOWNLOAD_DIR
+if [ -n "${BENCH_CA:-}" ]; then
+    RANGEFETCH_CA_CERTIFICATE=$BENCH_CA
+    export RANGEFETCH_CA_CERTIFICATE
+fi
 pids=""
 n=0
 while [ "$n" -lt "$workers" ]; do
-    "$@" worker -c $((16 / workers)) --redis "$url_redis" >>"$dir/worker.log" 2>&1 &
+    "$@" worker -c $((16 / workers)) --redis "$url_redis" \
+        ${BENCH_CA:+--ca-certificate} ${BENCH_CA:+"$BENCH_CA"} >>"$dir/worker.log" 2>&1 &
     pids="$pids $!"
     n=$((n + 1))
 done
 # Start timing once every worker has announced itself, as in a running cluster.
-i=0
+# A worker that exits before that (a bad option, say) fails the run at once.
+i=0 started=1
 until [ "$(redis-cli -p "$port" ZCARD rangefetch:workers 2>/dev/null)" -ge "$workers" ] 2>/dev/null; do
     i=$((i + 1))
     if [ "$i" -gt 300 ]; then echo "dist.sh: workers did not start" >&2; break; fi
+    for pid in $pids; do kill -0 "$pid" 2>/dev/null || started=0; done
+    if [ "$started" -eq 0 ]; then echo "dist.sh: a worker exited at start-up" >&2; break; fi
     sleep 0.05
 done
-# The harness asks for a sub-second phase (BENCH_PHASE, see run.py's
-# wait_for_phase); start the clock at it, as the other tools do.
-if [ -n "${BENCH_PHASE:-}" ]; then
-    python3 -c 'import sys, time; time.sleep((float(sys.argv[1]) - time.time() % 1.0) % 1.0)' "$BENCH_PHASE"
+rc=1
+if [ "$started" -eq 1 ]; then
+    # The harness asks for a sub-second phase (BENCH_PHASE, see run.py's
+    # wait_for_phase); start the clock at it, as the other tools do.
+    if [ -n "${BENCH_PHASE:-}" ]; then
+        python3 -c 'import sys, time; time.sleep((float(sys.argv[1]) - time.time() % 1.0) % 1.0)' "$BENCH_PHASE"
+    fi
+    t0=$(date +%s.%N)
+    "$@" get "$url" -o "$out" -c 16 -q --redis "$url_redis" \
+        ${BENCH_CA:+--ca-certificate} ${BENCH_CA:+"$BENCH_CA"}
+    rc=$?
+    t1=$(date +%s.%N)
+    [ "$rc" -eq 0 ] && echo "$t0 $t1" | awk '{ printf "%.3f\n", $2 - $1 }' >"$out.seconds"
 fi
-t0=$(date +%s.%N)
-"$@" get "$url" -o "$out" -c 16 -q --redis "$url_redis"
-rc=$?
-t1=$(date +%s.%N)
-[ "$rc" -eq 0 ] && echo "$t0 $t1" | awk '{ printf "%.3f\n", $2 - $1 }' >"$out.seconds"
 kill -TERM $pids 2>/dev/null
 wait $pids 2>/dev/null
 kill -TERM "$redis" 2>/dev/null

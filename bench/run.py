@@ -2,8 +2,9 @@
 """Benchmark rangefetch against aria2c, axel and curl on a local nginx.
 
 nginx on 127.0.0.1 serves one random file directly ("unthrottled") and through a
-``stream`` proxy capping each TCP connection ("capped"). Stdlib only, Linux only;
-see bench/README.md.
+``stream`` proxy capping each TCP connection ("capped"), over plain HTTP and over
+HTTPS with TLS 1.3 ("tls-unthrottled", "tls-capped"; the harness makes its own CA
+with the openssl CLI). Stdlib only, Linux only; see bench/README.md.
 """
 from __future__ import annotations
 
@@ -18,23 +19,41 @@ import json
 import os
 import platform
 import re
+import secrets
 import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 MB, MIB, GIB = 10**6, 1 << 20, 1 << 30
 CONNECTIONS = 16
 BASELINE = "aria2c"
-SCENARIOS = ("unthrottled", "capped")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    tls: bool  # HTTPS (TLS 1.3) instead of plain HTTP
+    capped: bool  # through the stream proxy that caps each TCP connection
+
+
+SCENARIOS = {s.name: s for s in (Scenario("unthrottled", tls=False, capped=False),
+                                 Scenario("capped", tls=False, capped=True),
+                                 Scenario("tls-unthrottled", tls=True, capped=False),
+                                 Scenario("tls-capped", tls=True, capped=True))}
+# Distributed-mode rows (dist.sh with N workers) run by default, by Scenario.tls;
+# any other N runs when --tools names it, e.g. rangefetch-4w in a TLS scenario.
+DIST_WORKERS = {False: (1, 2, 4), True: (2,)}
+DIST_NAME = re.compile(r"rangefetch-([1-9][0-9]?)w")
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 SOURCE_NAME = "source.bin"
 # Proxies must never reroute a benchmark away from 127.0.0.1.
@@ -59,15 +78,19 @@ def parse_size(text: str) -> int:
 
 @dataclass(frozen=True)
 class Tool:
-    """A command template; ``{url}``, ``{out}``, ``{dir}``, ``{name}`` are filled per run."""
+    """A command template; ``{url}``, ``{out}``, ``{dir}``, ``{name}``, ``{ca}`` are filled per run."""
 
     name: str
     argv: tuple[str, ...]
     missing: str | None = None  # why the tool cannot run at all
+    tls_argv: tuple[str, ...] | None = None  # the template for TLS scenarios, if not argv
+    tls_default: bool = True  # runs in TLS scenarios unless --tools picks the rows
 
-    def command(self, url: str, out: Path) -> list[str]:
-        subs = {"url": url, "out": str(out), "dir": str(out.parent), "name": out.name}
-        return [re.sub(r"\{(url|out|dir|name)\}", lambda m: subs[m[1]], t) for t in self.argv]
+    def command(self, url: str, out: Path, ca: Path, tls: bool) -> list[str]:
+        argv = self.tls_argv if tls and self.tls_argv is not None else self.argv
+        subs = {"url": url, "out": str(out), "dir": str(out.parent), "name": out.name,
+                "ca": str(ca)}
+        return [re.sub(r"\{(url|out|dir|name|ca)\}", lambda m: subs[m[1]], t) for t in argv]
 
 
 @dataclass
@@ -80,6 +103,7 @@ class Run:
     exit_code: int | None = None
     sha256_ok: bool | None = None
     error: str | None = None
+    tls: str | None = None  # TLS scenarios: "$ssl_protocol $ssl_cipher" as nginx logged them
 
 
 def median(runs: list[Run], attr: str) -> float:
@@ -91,7 +115,11 @@ def first_error(runs: list[Run]) -> str | None:
 
 
 def build_tools(args: argparse.Namespace) -> list[Tool]:
-    """Turn the command line into the ordered list of tools to run."""
+    """Turn the command line into the ordered list of tools to run.
+
+    The plain-HTTP command lines are the ones every earlier result was measured
+    with; the TLS variants only add what it takes to trust the bench CA.
+    """
     c = str(CONNECTIONS)
     if args.rangefetch:
         rf_prefix, rf_missing = shlex.split(args.rangefetch), None
@@ -99,27 +127,100 @@ def build_tools(args: argparse.Namespace) -> list[Tool]:
         script = Path(sys.executable).parent / "rangefetch"
         rf_prefix = [str(script)]
         rf_missing = None if script.exists() else f"console script not found: {script}"
+    picked = [t for t in args.tools.split(",") if t]
+    workers = set(DIST_WORKERS[False]) | {int(m[1]) for t in picked if (m := DIST_NAME.fullmatch(t))}
+    if bad := sorted(n for n in workers if n > CONNECTIONS):
+        raise SystemExit(f"at most {CONNECTIONS} workers (16 connections shared out): {bad}")
+    aria2c = ("aria2c", "--no-conf", "--no-netrc", f"-x{c}", f"-s{c}", "-k1M",
+              "--file-allocation=none", "--allow-overwrite=true",
+              "--auto-file-renaming=false", "-d", "{dir}", "-o", "{name}", "-q", "{url}")
+    rangefetch = (*rf_prefix, "get", "{url}", "-o", "{out}", "-c", c, "-q")
     tools = [
-        Tool("rangefetch", (*rf_prefix, "get", "{url}", "-o", "{out}", "-c", c, "-q"), rf_missing),
+        Tool("rangefetch", rangefetch, rf_missing,
+             tls_argv=(*rangefetch, "--ca-certificate", "{ca}")),
         # Distributed mode: a private redis-server and N workers, counted with the command.
+        # In TLS scenarios dist.sh gets the CA as BENCH_CA from the environment.
         *(Tool(f"rangefetch-{n}w", ("/bin/sh", str(Path(__file__).resolve().parent / "dist.sh"), str(n),
                                     "{url}", "{out}", *rf_prefix),
-               rf_missing or (None if shutil.which("redis-server") else "not installed: redis-server"))
-          for n in (1, 2, 4)),
-        Tool("aria2c", ("aria2c", "--no-conf", "--no-netrc", f"-x{c}", f"-s{c}", "-k1M",
-                        "--file-allocation=none", "--allow-overwrite=true",
-                        "--auto-file-renaming=false", "-d", "{dir}", "-o", "{name}", "-q", "{url}")),
-        Tool("axel", ("axel", "-n", c, "-q", "-o", "{out}", "{url}")),
-        Tool("curl", ("curl", "-q", "-sS", "-o", "{out}", "{url}")),  # leading -q: no .curlrc
+               rf_missing or (None if shutil.which("redis-server") else "not installed: redis-server"),
+               tls_default=n in DIST_WORKERS[True])
+          for n in sorted(workers)),
+        Tool("aria2c", aria2c, tls_argv=(*aria2c[:3], "--ca-certificate={ca}", *aria2c[3:])),
+        # axel 2.17 cannot be given a CA file: -k (--insecure) skips verification.
+        Tool("axel", ("axel", "-n", c, "-q", "-o", "{out}", "{url}"),
+             tls_argv=("axel", "-n", c, "-k", "-q", "-o", "{out}", "{url}")),
+        Tool("curl", ("curl", "-q", "-sS", "-o", "{out}", "{url}"),  # leading -q: no .curlrc
+             tls_argv=("curl", "-q", "-sS", "--cacert", "{ca}", "-o", "{out}", "{url}")),
     ]
     for spec in args.extra:
         name, _, template = spec.partition("=")
         if not name or not template.strip():
             raise SystemExit(f"--extra expects NAME=COMMAND_TEMPLATE, got {spec!r}")
         tools.append(Tool(name, tuple(shlex.split(template))))
-    wanted = set(args.tools.split(",")) if args.tools else {t.name for t in tools}
+    wanted = set(picked) if picked else {t.name for t in tools}
     return [t if t.missing or shutil.which(t.argv[0]) else
-            Tool(t.name, t.argv, f"not installed: {t.argv[0]}") for t in tools if t.name in wanted]
+            replace(t, missing=f"not installed: {t.argv[0]}") for t in tools if t.name in wanted]
+
+
+def tools_for(scen: Scenario, tools: list[Tool], picked: bool) -> list[Tool]:
+    """The rows of one scenario: all of ``tools`` if --tools chose them, else the defaults."""
+    return [t for t in tools if picked or not scen.tls or t.tls_default]
+
+
+def ensure_tls(tls_dir: Path) -> tuple[Path, Path, Path]:
+    """Make (or reuse) a CA and a server certificate for 127.0.0.1 and localhost.
+
+    Uses the openssl CLI; ECDSA P-256 keys, the server certificate signed by
+    the CA with subjectAltName IP:127.0.0.1 and DNS:localhost.  Everything is
+    made again when a file is missing or the certificate no longer verifies
+    against the CA (expired, or from another CA).  Returns (ca, cert, key).
+    """
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, cert = (tls_dir / n for n in ("ca.key", "ca.pem", "server.key", "server.pem"))
+    cnf, csr = tls_dir / "openssl.cnf", tls_dir / "server.csr"
+
+    def openssl(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["openssl", *map(str, argv)], check=False, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+
+    if all(p.exists() for p in (ca_key, ca, key, cert)) and openssl(
+            "verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", ca, cert).returncode == 0:
+        return ca, cert, key
+    if not shutil.which("openssl"):
+        raise SystemExit("the TLS scenarios need the openssl CLI to make their certificates")
+    print(f"making a CA and a server certificate in {tls_dir} ...", file=sys.stderr)
+    cnf.write_text("""[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = rangefetch bench
+[ca_ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+""")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    steps = [
+        ("req", "-config", cnf, "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "3650",
+         "-sha256", "-subj", "/CN=rangefetch bench CA", "-extensions", "ca_ext"),
+        ("req", "-config", cnf, "-new", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"),
+        ("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-out", cert, "-days", "825",
+         "-sha256", "-set_serial", str(secrets.randbits(63)), "-extfile", cnf,
+         "-extensions", "server_ext"),
+        ("verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", ca, cert),
+    ]
+    for step in steps:
+        if (p := openssl(*step)).returncode != 0:
+            raise SystemExit(f"openssl {step[0]} failed: {(p.stderr or p.stdout).strip()[-500:]}")
+    csr.unlink()
+    return ca, cert, key
 
 
 def ensure_source(www: Path, size: int) -> str:
@@ -169,13 +270,31 @@ def free_port() -> int:
 
 
 class Nginx:
-    """nginx as a foreground child: one plain http server, one capped stream proxy."""
+    """nginx as a foreground child: one plain http server, one capped stream proxy.
 
-    def __init__(self, workdir: Path, cap: int) -> None:
-        self.workdir, self.cap = workdir, cap
+    With ``tls`` (CA, certificate, key) also an HTTPS server (TLS 1.3 only) and
+    a second capped stream proxy in front of it, which passes TLS through.
+    """
+
+    def __init__(self, workdir: Path, cap: int, tls: tuple[Path, Path, Path] | None = None) -> None:
+        self.workdir, self.cap, self.tls = workdir, cap, tls
         self.http_port, self.capped_port = free_port(), free_port()
         self.access_log = workdir / "access.log"
+        self.tls_port = self.tls_capped_port = 0
+        self.tls_access_log = workdir / "access-tls.log"
+        if tls:
+            self.tls_port, self.tls_capped_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, scen: Scenario) -> str:
+        if scen.tls:
+            port = self.tls_capped_port if scen.capped else self.tls_port
+        else:
+            port = self.capped_port if scen.capped else self.http_port
+        return f"{'https' if scen.tls else 'http'}://127.0.0.1:{port}/{SOURCE_NAME}"
+
+    def log(self, scen: Scenario) -> Path:
+        return self.tls_access_log if scen.tls else self.access_log
 
     def config(self) -> str:
         w = self.workdir  # paths are quoted: the work dir may contain spaces
@@ -190,12 +309,12 @@ events {{ worker_connections 1024; }}
 http {{
     # $connection is a global serial number: distinct values = TCP connections.
     log_format bench '$connection $status $body_bytes_sent "$http_user_agent"';
-    access_log "{self.access_log}" bench;
+    access_log "{self.access_log}" bench;{self._tls_format()}
     {tmp}
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
-    server {{ listen 127.0.0.1:{self.http_port}; root "{w}/www"; }}
+    server {{ listen 127.0.0.1:{self.http_port}; root "{w}/www"; }}{self._tls_server()}
 }}
 stream {{
     # Caps every client TCP connection, whatever HTTP requests it carries.
@@ -203,16 +322,54 @@ stream {{
         listen 127.0.0.1:{self.capped_port};
         proxy_pass 127.0.0.1:{self.http_port};
         proxy_download_rate {self.cap};
-    }}
+    }}{self._tls_stream()}
 }}
 """
 
+    # Without TLS the config is the plain one, byte for byte.
+    def _tls_format(self) -> str:
+        if not self.tls:
+            return ""
+        return """
+    # The TLS server logs the same fields, then what each connection negotiated.
+    log_format bench_tls '$connection $status $body_bytes_sent $ssl_protocol $ssl_cipher'
+                         ' "$http_user_agent"';"""
+
+    def _tls_server(self) -> str:
+        if not self.tls:
+            return ""
+        _, cert, key = self.tls
+        # Keep-alive as for the plain server (nginx's defaults).  sendfile is not
+        # used over TLS: without kTLS nginx encrypts in user space.
+        return f"""
+    server {{
+        listen 127.0.0.1:{self.tls_port} ssl;
+        root "{self.workdir}/www";
+        access_log "{self.tls_access_log}" bench_tls;
+        ssl_certificate "{cert}";
+        ssl_certificate_key "{key}";
+        ssl_protocols TLSv1.3;
+        ssl_buffer_size 16k;
+    }}"""
+
+    def _tls_stream(self) -> str:
+        if not self.tls:
+            return ""
+        return f"""
+    # The same cap in front of the TLS server; TLS passes through untouched.
+    server {{
+        listen 127.0.0.1:{self.tls_capped_port};
+        proxy_pass 127.0.0.1:{self.tls_port};
+        proxy_download_rate {self.cap};
+    }}"""
+
     def start(self, size: int) -> None:
-        """Start nginx, wait until both endpoints serve the file, else raise RuntimeError."""
+        """Start nginx, wait until every endpoint serves the file, else raise RuntimeError."""
         w = self.workdir
         (w / "tmp").mkdir(exist_ok=True)
         (w / "nginx.conf").write_text(self.config())
         self.access_log.unlink(missing_ok=True)  # one format, one invocation per file
+        self.tls_access_log.unlink(missing_ok=True)
         with (w / "nginx.out").open("wb") as out:
             self.proc = subprocess.Popen(
                 ["nginx", "-p", str(w), "-e", str(w / "error.log"), "-c", "nginx.conf",
@@ -220,20 +377,28 @@ stream {{
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         atexit.register(self.stop)
         deadline = time.monotonic() + 15
-        for port in (self.http_port, self.capped_port):
-            while not self._answers(port, size):
+        # The TLS endpoints must verify against the bench CA for 127.0.0.1.
+        ctx = ssl.create_default_context(cafile=self.tls[0]) if self.tls else None
+        ports: list[tuple[int, ssl.SSLContext | None]] = [(self.http_port, None),
+                                                           (self.capped_port, None)]
+        ports += [(p, ctx) for p in (self.tls_port, self.tls_capped_port) if ctx]
+        for port, context in ports:
+            while not self._answers(port, size, context):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     tail = (w / "error.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"nginx not serving on :{port}\n{tail}")
                 time.sleep(0.1)
 
     @staticmethod
-    def _answers(port: int, size: int) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    def _answers(port: int, size: int, context: ssl.SSLContext | None = None) -> bool:
+        conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=context)
+                if context else http.client.HTTPConnection("127.0.0.1", port, timeout=2))
         try:
             conn.request("HEAD", f"/{SOURCE_NAME}")
             resp = conn.getresponse()
             return resp.status == 200 and resp.getheader("Content-Length") == str(size)
+        except ssl.SSLCertVerificationError:
+            raise  # the certificate is wrong: waiting will not help
         except OSError:
             return False
         finally:
@@ -263,12 +428,12 @@ def kill_group(pgid: int, *, reap: bool) -> None:
 
 
 def run_once(tool: Tool, url: str, out: Path, source_sha: str, timeout: float,
-             env: dict[str, str], log: Path, access_log: Path) -> Run:
+             env: dict[str, str], log: Path, access_log: Path, ca: Path, tls: bool) -> Run:
     """Run one download, measuring wall time and the tool's rusage via wait4."""
     if tool.missing:
         return Run(error=tool.missing)
     out.unlink(missing_ok=True)
-    argv = tool.command(url, out)
+    argv = tool.command(url, out, ca, tls)
     log.write_text(f"$ {shlex.join(argv)}\n")
     mark = access_log.stat().st_size
     t0 = time.perf_counter()
@@ -291,6 +456,8 @@ def run_once(tool: Tool, url: str, out: Path, source_sha: str, timeout: float,
     run = Run(wall_s=wall, cpu_s=ru.ru_utime + ru.ru_stime, peak_rss_mib=ru.ru_maxrss / 1024,
               connections=len({ln.split(" ", 1)[0] for ln in served}), requests=len(served),
               exit_code=code)
+    if tls:  # bench_tls: connection status bytes protocol cipher "user agent"
+        run.tls = ", ".join(sorted({" ".join(ln.split(" ", 5)[3:5]) for ln in served})) or None
     if wall >= timeout:
         run.error = f"timeout after {timeout:.0f}s"
     elif code != 0:
@@ -340,15 +507,24 @@ def fmt(value: float | None, spec: str) -> str:
 
 def markdown(name: str, url: str, rows: list[dict[str, Any]], size: int, cap: int | None,
              repeat: int) -> str:
-    """One scenario as a Markdown table; ``cap`` is set for the capped scenario."""
+    """One scenario as a Markdown table; ``cap`` is set for the capped scenarios."""
     head = ["tool", "MB/s", "x aria2c", "CPU-s/GiB", "x aria2c", "peak RSS MiB",
             "conns/reqs", "sha256 ok"]
     note = f"`{url}`, median of {repeat} run(s)"
+    negotiated: dict[str, list[str]] = {}  # "TLSv1.3 TLS_AES_..." -> tools
+    for r in rows:
+        for tls in sorted({run["tls"] for run in r["runs"] if run.get("tls")}):
+            negotiated.setdefault(tls, []).append(r["tool"])
+    if len(negotiated) == 1:
+        note += f"; nginx logged {next(iter(negotiated))} for every request"
+    elif negotiated:
+        note += "; nginx logged: " + "; ".join(
+            f"{tls} ({', '.join(tools)})" for tls, tools in negotiated.items())
     if cap:
         head.insert(2, f"% of {CONNECTIONS} x cap")
         note += (f"; cap {cap / MIB:g} MiB/s per connection, so {CONNECTIONS} x cap ="
                  f" {CONNECTIONS * cap / MB:.1f} MB/s. nginx grants every new connection a"
-                 f" 1-2 s burst, so short transfers ({size / CONNECTIONS / cap:.0f} s of cap per"
+                 f" 1-2 s burst, so short transfers ({size / CONNECTIONS / cap:.2g} s of cap per"
                  " connection here) and reconnects can beat 100%.")
     lines = [f"### {name}", "", note, "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in rows:
@@ -385,25 +561,47 @@ def machine_facts(tools: list[Tool]) -> dict[str, str]:
     return facts
 
 
+def tls_facts() -> str:
+    """The TLS library behind nginx and each client (TLS scenarios only)."""
+    def lib(argv: list[str], pattern: str) -> str:
+        try:
+            p = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "n/a"
+        m = re.search(pattern, p.stdout + p.stderr)
+        return m[1] if m else "n/a"
+
+    axel = shutil.which("axel")
+    return "; ".join([
+        "nginx " + lib(["nginx", "-V"], r"built with (.*)"),
+        "aria2c " + lib(["aria2c", "--version"], r"((?:GnuTLS|OpenSSL)/\S+)"),
+        "curl " + lib(["curl", "--version"], r"((?:OpenSSL|GnuTLS|wolfSSL|mbedTLS)/\S+)"),
+        "axel " + (lib(["ldd", axel], r"(libssl\S*|libgnutls\S*)") if axel else "n/a"),
+        "python (rangefetch) " + ssl.OPENSSL_VERSION])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=parse_size, default=GIB, help="file size, e.g. 1G, 256M")
     ap.add_argument("--cap", type=parse_size, default=8 * MIB,
-                    help="per-connection cap of the capped scenario (8m = 8 MiB/s, as in nginx)")
+                    help="per-connection cap of the capped scenarios (8m = 8 MiB/s, as in nginx)")
     ap.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "out")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help="comma list of: " + ", ".join(SCENARIOS))
     ap.add_argument("--tools", default="", help="comma list of tools to run (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the median is kept")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds per run (default: 60 + 1.5 x one connection's capped time)")
     ap.add_argument("--rangefetch", default="", help="command prefix to run rangefetch")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=TEMPLATE",
-                    help="extra tool row; {url} and {out} are substituted (repeatable)")
+                    help="extra tool row; {url}, {out}, {dir}, {name} and {ca} are substituted"
+                         " (repeatable)")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any row failed")
     args = ap.parse_args()
-    scenarios = [s for s in args.scenarios.split(",") if s]
-    if bad := set(scenarios) - set(SCENARIOS):
+    names = [s for s in args.scenarios.split(",") if s]
+    if bad := set(names) - set(SCENARIOS):
         ap.error(f"unknown scenario(s): {', '.join(sorted(bad))}")
+    scenarios = [SCENARIOS[s] for s in names]
     if args.repeat < 1 or args.size < 1 or args.cap < 1:
         ap.error("--repeat, --size and --cap must be positive")
     timeout = args.timeout or 60 + 1.5 * args.size / args.cap
@@ -428,8 +626,13 @@ def main() -> int:
 
     tools = build_tools(args)
     source_sha = ensure_source(workdir / "www", args.size)
+    # TLS material only when a TLS scenario runs: the plain ones need no openssl.
+    ca = workdir / "tls" / "ca.pem"  # {ca}, in every scenario
+    tls = ensure_tls(ca.parent) if any(s.tls for s in scenarios) else None
     facts = machine_facts(tools)
-    nginx = Nginx(workdir, args.cap)
+    if tls:
+        facts["tls"] = tls_facts()
+    nginx = Nginx(workdir, args.cap, tls)
     results: dict[str, Any] = {"machine": facts, "size": args.size, "cap": args.cap,
                                "repeat": args.repeat, "timeout_s": timeout,
                                "source_sha256": source_sha, "scenarios": {}}
@@ -439,30 +642,33 @@ def main() -> int:
     try:
         nginx.start(args.size)
         for scen in scenarios:
-            port = nginx.http_port if scen == "unthrottled" else nginx.capped_port
-            url = f"http://127.0.0.1:{port}/{SOURCE_NAME}"
-            runs: dict[str, list[Run]] = {t.name: [] for t in tools}
+            url = nginx.url(scen)
+            scen_tools = tools_for(scen, tools, picked=bool(args.tools))
+            runs: dict[str, list[Run]] = {t.name: [] for t in scen_tools}
             for i in range(args.repeat):  # interleave tools so drift hits all of them alike
-                for t in tools:
+                for t in scen_tools:
                     run_env = env
-                    if scen == "capped":
+                    if scen.tls:  # dist.sh passes it on to its workers and `get`
+                        run_env = {**run_env, "BENCH_CA": str(ca)}
+                    if scen.capped:
                         phase = (i + 0.5) / args.repeat
                         wait_for_phase(phase)
                         # dist.sh starts Redis and workers first, then waits for the phase again.
-                        run_env = {**env, "BENCH_PHASE": f"{phase:.3f}"}
+                        run_env = {**run_env, "BENCH_PHASE": f"{phase:.3f}"}
                     run = run_once(t, url, dl / f"{t.name}.bin", source_sha, timeout, run_env,
-                                   logs / f"{scen}-{t.name}-{i}.log", nginx.access_log)
+                                   logs / f"{scen.name}-{t.name}-{i}.log", nginx.log(scen), ca,
+                                   scen.tls)
                     runs[t.name].append(run)
-                    print(f"[{scen}] {t.name} #{i + 1}: " + (run.error or
+                    print(f"[{scen.name}] {t.name} #{i + 1}: " + (run.error or
                           f"{args.size / run.wall_s / MB:.1f} MB/s, {run.cpu_s:.2f} CPU-s"),
                           file=sys.stderr)
                     corrupt |= run.exit_code == 0 and run.sha256_ok is False
                     failed |= run.error is not None
-            cap = args.cap if scen == "capped" else None
+            cap = args.cap if scen.capped else None
             table = [row_json(name, rs, args.size, args.cap, runs.get(BASELINE), cap is not None)
                      for name, rs in runs.items()]
-            results["scenarios"][scen] = {"url": url, "rows": table}
-            md.append(markdown(scen, url, table, args.size, cap, args.repeat))
+            results["scenarios"][scen.name] = {"url": url, "rows": table}
+            md.append(markdown(scen.name, url, table, args.size, cap, args.repeat))
     finally:
         nginx.stop()
     text = "\n".join(md)
