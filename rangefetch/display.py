@@ -9,16 +9,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from .progress import Tracker
 
 __all__ = ["format_bytes", "show_progress"]
@@ -68,6 +58,10 @@ async def show_progress(
 
 
 async def _bar(tracker: Tracker, label: str, stream: TextIO) -> None:
+    # rich only for a terminal: importing it costs ~45 ms of CPU per run.
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
