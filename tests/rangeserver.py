@@ -13,6 +13,16 @@ Faults: ``norange``, ``acceptranges_none``, ``nolength`` (+``chunked``),
 ``etag_change_after=N``, ``weak_etag``, ``no_validators``, ``gzip``,
 ``redirect=N``, ``redirect_to=NAME``, ``cd=NAME``, ``cd_star=NAME``,
 ``rate=BPS``, ``wrong_range``, ``short``, ``slow_headers=S``.
+
+``RangeServer(tls=context)`` serves HTTPS instead, with a server-side
+``ssl.SSLContext``: ``base_url`` is ``https://127.0.0.1:PORT`` and every fault
+above works as over plain HTTP (a drop or stall ends the TCP connection without
+a TLS close_notify; a normal close sends one).  Each connection's handshake runs
+in its own handler thread, so a slow client never holds up the accept loop, and
+a handshake the client aborts (it rejects our certificate, or speaks plain HTTP)
+is counted in ``tls_failures`` and otherwise ignored.  ``accepted_connections``
+counts TCP connections, which is what a test counts when a failure happens
+before any HTTP request is sent.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import math
 import re
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -39,6 +50,7 @@ _UNSATISFIABLE = (-1, -1)
 _RANGE_SPEC = re.compile(r"\s*(\d*)-(\d*)\s*", re.ASCII)
 _QVALUE = re.compile(r"(?:^|;)\s*q\s*=\s*([0-9.]+)", re.ASCII | re.IGNORECASE)
 _NOT_COUNTED = ("redirect", "redirect_to")
+HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client may take to finish its handshake
 
 
 @dataclass
@@ -141,6 +153,17 @@ def _if_match_matches(value: str, etag: str | None) -> bool:
     return value.strip() == "*" or strong and any(t.strip() == etag for t in value.split(","))
 
 
+def _shutdown(conn: socket.socket, how: int) -> None:
+    """shutdown(2) the connection, ignoring errors.
+
+    On an ``SSLSocket`` this is the plain socket method on purpose:
+    ``SSLSocket.shutdown`` also drops the TLS state, which the handler thread
+    may be using at that moment (``stop()`` calls this from another thread).
+    """
+    with suppress(OSError):
+        socket.socket.shutdown(conn, how)
+
+
 def _disposition(cd: str | None, cd_star: str | None) -> str | None:
     """Content-Disposition (RFC 6266) with ``filename`` and/or ``filename*``."""
     parts = ["attachment"]
@@ -161,6 +184,11 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)  # skip the slow getfqdn()
         self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = super().get_request()
+        self.owner._accepted()
+        return conn, addr
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # clients drop on purpose
             super().handle_error(request, client_address)
@@ -170,19 +198,56 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 60  # idle keep-alive connections end eventually
     server: _HTTPServer
+    _aborted = False  # set by _abort(): the connection ends without a TLS close_notify
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def setup(self) -> None:
-        super().setup()
-        self.server.owner._connection(self.connection, opened=True)
+        owner = self.server.owner
+        conn: socket.socket = self.request
+        if owner.tls is not None:
+            # Handshake here, in this connection's thread, not in the accept loop.
+            conn = owner.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            self.request = conn
+        owner._connection(conn, opened=True)
+        try:
+            if isinstance(conn, ssl.SSLSocket):
+                conn.settimeout(HANDSHAKE_TIMEOUT)
+                try:
+                    conn.do_handshake()
+                except BaseException:
+                    owner._handshake(ok=False)
+                    raise  # an OSError (SSLError): handle_error stays quiet
+                owner._handshake(ok=True)
+            super().setup()
+        except BaseException:
+            owner._connection(conn, opened=False)
+            conn.close()
+            raise
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.owner._connection(self.connection, opened=False)
+            conn = self.connection
+            self.server.owner._connection(conn, opened=False)
+            if isinstance(conn, ssl.SSLSocket):
+                self._close_tls(conn)
+
+    def _close_tls(self, conn: ssl.SSLSocket) -> None:
+        """End a TLS connection: close_notify (unless aborted), FIN, close.
+
+        socketserver's own shutdown_request() only sees the plain socket,
+        which ``wrap_socket`` detached, so the SSLSocket is closed here.  The
+        close_notify is sent without waiting for the client's reply.
+        """
+        if not self._aborted:
+            conn.settimeout(0)
+            with suppress(OSError, ValueError):
+                conn.unwrap()
+            _shutdown(conn, socket.SHUT_WR)
+        conn.close()
 
     def do_GET(self) -> None:
         self._handle(head=False)
@@ -330,10 +395,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
     def _abort(self) -> None:
-        """Close the connection abruptly, mid-response."""
+        """Close the connection abruptly, mid-response (over TLS: no close_notify)."""
         self.close_connection = True
-        with suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
+        self._aborted = True
+        _shutdown(self.connection, socket.SHUT_RDWR)
         self.connection.close()
 
     def _start(self, status: int, headers: dict[str, str | None]) -> None:
@@ -356,21 +421,27 @@ class RangeServer:
     """An in-memory HTTP/1.1 range server on 127.0.0.1, run in a daemon thread.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
+
+    Args:
+        tls: a server-side ``ssl.SSLContext`` (certificate loaded) to serve
+            HTTPS with; ``None`` serves plain HTTP.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self._lock = threading.Lock()
         self._files: dict[str, list[_Version | None]] = {}
         self._requests: list[RequestRecord] = []
         self._counts: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         self._conns: set[socket.socket] = set()
+        self._accepts = self._handshakes = self._tls_failures = 0
         # Requests still running at a reset do not count towards max_concurrent.
         self._generation = self._active = self._max = 0
         self._stop = threading.Event()
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.port: int = self._httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{self.port}"
         self._thread: threading.Thread | None = None
 
     def start(self) -> Self:
@@ -395,8 +466,7 @@ class RangeServer:
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
-            with suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+            _shutdown(conn, socket.SHUT_RDWR)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -436,13 +506,32 @@ class RangeServer:
         with self._lock:
             return len(self._conns)
 
+    @property
+    def accepted_connections(self) -> int:
+        """TCP connections accepted since the last reset (TLS or not, handshake done or not)."""
+        with self._lock:
+            return self._accepts
+
+    @property
+    def tls_handshakes(self) -> int:
+        """TLS handshakes completed since the last reset."""
+        with self._lock:
+            return self._handshakes
+
+    @property
+    def tls_failures(self) -> int:
+        """TLS handshakes that failed since the last reset (counted once the server notices)."""
+        with self._lock:
+            return self._tls_failures
+
     def reset(self) -> None:
-        """Clear the request log, fault counters and ``max_concurrent``."""
+        """Clear the request log, fault and connection counters, and ``max_concurrent``."""
         with self._lock:
             self._requests.clear()
             self._counts.clear()
             self._generation += 1
             self._active = self._max = 0
+            self._accepts = self._handshakes = self._tls_failures = 0
 
     # Internals used by the handler.
 
@@ -481,6 +570,17 @@ class RangeServer:
         with self._lock:
             if generation == self._generation:
                 self._active -= 1
+
+    def _accepted(self) -> None:
+        with self._lock:
+            self._accepts += 1
+
+    def _handshake(self, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._handshakes += 1
+            else:
+                self._tls_failures += 1
 
     def _connection(self, conn: socket.socket, opened: bool) -> None:
         with self._lock:
