@@ -121,9 +121,17 @@ async def probe(
     """
     backoff = backoff or Backoff()
     unreachable = 0
+    head: RemoteFile | None = None
+    headed = False
     while True:
         try:
-            return await _probe_once(client, url, dict(headers or {}))
+            # HEAD once: a retry is for the GET.  (HEAD then GET on the same
+            # connection each try would meet the same early close each time,
+            # from a proxy that closes after every response.)
+            if not headed:
+                head = await _head(client, url, dict(headers or {}))
+                headed = True
+            return await _get(client, url, dict(headers or {}), head)
         except UnreachableError as exc:
             unreachable += 1
             if unreachable >= UNREACHABLE_TRIES:
@@ -133,8 +141,7 @@ async def probe(
             await backoff.wait(exc)
 
 
-async def _probe_once(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> RemoteFile:
-    head = await _head(client, url, headers)
+async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], head: RemoteFile | None) -> RemoteFile:
     req_headers = {**headers, **BASE_HEADERS, "Range": "bytes=0-0"}
     try:
         async with client.stream("GET", url, headers=req_headers, follow_redirects=True) as response:

@@ -259,6 +259,11 @@ def _absolute_form(request: httpcore.Request, proxy: Proxy) -> httpcore.Request:
     )  # fmt: skip
 
 
+# Requests sent again on a new connection when a reused one closes before
+# answering (RFC 9110 §9.2.2: safe, so repeating them is harmless).
+_RETRY_ON_STALE = (b"GET", b"HEAD")
+
+
 class Proxy(typing.NamedTuple):
     """An http:// proxy: where it listens and the ``Proxy-Authorization`` its URL's user info makes."""
 
@@ -300,6 +305,7 @@ class _DirectConnection(httpcore.AsyncConnectionInterface):
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         if not self.can_handle_request(request.url.origin):
             raise RuntimeError(f"request to {request.url.origin} on a connection to {self._origin}")
+        reused = self._conn is not None
         if self._conn is None:
             try:
                 stream = await self._connect(request.extensions.get("timeout", {}).get("connect"))
@@ -311,7 +317,15 @@ class _DirectConnection(httpcore.AsyncConnectionInterface):
             )
         if self._proxy is not None and self._origin.scheme == b"http":
             request = _absolute_form(request, self._proxy)
-        return await self._conn.handle_async_request(request)
+        try:
+            return await self._conn.handle_async_request(request)
+        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as exc:
+            if reused and request.method in _RETRY_ON_STALE:
+                # The server closed this idle connection as we reused it (it
+                # may close any time: RFC 9112 §9.3.1): before any response,
+                # so a safe request goes again on a new connection, at once.
+                raise httpcore.ConnectionNotAvailable() from exc
+            raise
 
     async def _connect(self, timeout: float | None) -> DirectStream | TLSStream:
         host, port = self._origin.host.decode("ascii"), self._origin.port

@@ -231,6 +231,8 @@ async def test_server_busy_is_retried(srv: RangeServer, tmp_path: Path, faults: 
     assert_ok(result)
     statuses = [r.status for r in srv.requests if r.method == "GET"]
     assert statuses.count(faults["status"]) == faults["times"]
+    # The probe's retry repeats only its GET: HEAD told all it could the first time.
+    assert [r.method for r in srv.requests].count("HEAD") == 1
 
 
 async def test_server_busy_forever_gives_up(srv: RangeServer, tmp_path: Path) -> None:

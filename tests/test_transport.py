@@ -10,6 +10,7 @@ sha256-checked.  The private-reach probe is tested for a clean fallback.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import ssl
@@ -311,3 +312,29 @@ print(r.sha256)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == hashlib.sha256(SMALL).hexdigest()
+
+
+async def test_a_reused_connection_closed_by_the_server_is_retried_at_once() -> None:
+    # A server (tinyproxy does this) that answers HTTP/1.1 without
+    # "Connection: close" and then closes: the next request reuses a
+    # connection that is already gone.  GET goes again on a new connection,
+    # at once, instead of failing.
+    body = os.urandom(1000)
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the client's next request is on its way by now
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, client(True) as http:
+        for _ in range(3):
+            response = await http.get(f"http://127.0.0.1:{port}/x")
+            assert response.content == body
+    assert connections == 3
