@@ -35,10 +35,9 @@ import httpcore
 
 __all__ = ["PARTIAL_RECORD_DELAY", "TLS_FEED", "DirectBackend", "DirectStream", "TLSStream"]
 
-# Bytes of ciphertext moved from the socket to OpenSSL at a time.  Each
-# connection's input buffer grows to this: 16 x 256 KiB would be 4 MiB of
-# peak RSS, 64 KiB costs 4 more recv calls per 256 KiB read, no CPU to see.
-TLS_FEED = 64 * 1024
+# Bytes of ciphertext moved from the socket to OpenSSL at a time, through one
+# buffer per backend; each connection's input buffer in OpenSSL grows to this.
+TLS_FEED = 128 * 1024
 # How long a read that got only part of a TLS record waits for the rest
 # before it looks again (a 16 KiB record at 8 MiB/s takes 2 ms).
 PARTIAL_RECORD_DELAY = 0.01
@@ -57,11 +56,14 @@ class DirectStream(httpcore.AsyncNetworkStream):
     error raises ``httpcore.ReadError``/``WriteError``; end of stream is ``b""``.
     """
 
-    def __init__(self, sock: socket.socket, *, read_size: int) -> None:
+    def __init__(self, sock: socket.socket, *, read_size: int, scratch: memoryview | None = None) -> None:
         self._sock = sock
         self._read_size = read_size
         self._loop = asyncio.get_running_loop()
         self._avail = array.array("i", [0])
+        # Where TLS ciphertext passes through on its way to OpenSSL: one buffer
+        # for all the streams of a backend, which share one event loop.
+        self._scratch = scratch if scratch is not None else memoryview(bytearray(TLS_FEED))
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """Up to ``max(max_bytes, read_size)`` bytes.
@@ -192,7 +194,7 @@ class TLSStream(httpcore.AsyncNetworkStream):
         self._outgoing = ssl.MemoryBIO()
         self._tls = ssl_context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
         self._read_size = raw._read_size
-        self._scratch = memoryview(bytearray(TLS_FEED))
+        self._scratch = raw._scratch
         self._fed = 0  # ciphertext bytes the last _pull moved to OpenSSL
 
     async def handshake(self, timeout: float | None) -> None:
@@ -340,6 +342,7 @@ class DirectBackend(httpcore.AsyncNetworkBackend):
 
     def __init__(self, *, read_size: int) -> None:
         self.read_size = read_size
+        self._scratch = memoryview(bytearray(TLS_FEED))
 
     async def connect_tcp(
         self,
@@ -378,7 +381,7 @@ class DirectBackend(httpcore.AsyncNetworkBackend):
                     except BaseException:
                         sock.close()
                         raise
-                    return DirectStream(sock, read_size=self.read_size)
+                    return DirectStream(sock, read_size=self.read_size, scratch=self._scratch)
         except OSError as exc:
             if cm.expired():
                 raise httpcore.ConnectTimeout(f"could not connect to {host}:{port} within {timeout} s") from exc
