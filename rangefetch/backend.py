@@ -261,8 +261,13 @@ class TLSStream(httpcore.AsyncNetworkStream):
             # Nothing to decrypt yet: look at the socket before allocating.
             if incoming.eof or not self._feed():
                 return None if incoming.eof else bytearray()
-        buf = bytearray(max_bytes)
+        # Plaintext is never longer than the ciphertext it comes from: size
+        # the buffer by what has arrived, so a trickle (a capped server) does
+        # not zero and then shrink a whole read_size buffer on every read.
+        size = min(max_bytes, incoming.pending + tls.pending() + self._raw.queued())
+        buf = bytearray(max(size, 1))
         view = memoryview(buf)
+        max_bytes = len(buf)
         got, ended = 0, False
         try:
             while got < max_bytes:
