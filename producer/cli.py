@@ -47,11 +47,13 @@ def _common(fn: F) -> F:
 
 @contextlib.asynccontextmanager
 async def _connect(settings: Settings, *, patient: bool = False) -> AsyncIterator[ArqRedis]:
-    """Redis for one command.
+    """Redis for one command (``rangefetch.connections.open_redis``).
 
-    ``wait`` and ``get --redis`` follow a download for a long time and are
-    ``patient``: they ride out a Redis restart.  The others fail fast when
-    Redis is down.
+    Every command fails within seconds, in one line, when Redis cannot be
+    reached or refuses the password at first contact.  ``wait``,
+    ``get --redis`` and ``status --watch`` follow downloads for a long time
+    and are ``patient``: once connected they ride out a Redis restart.  The
+    others give up after a short outage.
     """
     redis = await open_redis(settings, patient=patient)
     try:
@@ -121,7 +123,7 @@ def status(download_id: str | None, live: bool, as_json: bool, redis_url: str | 
     async def main() -> None:
         settings = build_settings(redis_url=redis_url)
         ids = [download_id] if download_id else []
-        async with _connect(settings) as redis:
+        async with _connect(settings, patient=live) as redis:
             store = Store(redis)
             if live:
                 if not await watch(store, ids, stream=sys.stdout, as_json=as_json) and not as_json:

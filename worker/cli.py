@@ -12,12 +12,15 @@ file it could not use would fail every range it takes.  A download
 enqueued with its own CA certificates or ``--insecure`` keeps them
 (``Runtime.client_for``).
 
-Redis outages: commands retry for about a minute (``redis_settings``).
-When arq's loop still dies of a Redis error, the worker is closed (its jobs
-save their progress and go back to the queue) and started again after a
-delay that grows to ``MAX_RESTART_DELAY``.  A worker that cannot reach Redis
-at its very first start exits with one line instead: that is a
-configuration error more often than an outage.
+Redis (``rangefetch.connections``): the first contact fails fast, so a
+worker that cannot reach Redis at its very first start exits with one line
+(a configuration error more often than an outage).  Once reached, commands
+ride out ``PATIENT_OUTAGE`` seconds of outage, and the process logs one line
+when Redis is lost and one when it is back.  When arq's loop still dies of
+a Redis error (a longer outage), the worker is closed (its jobs save their
+progress and go back to the queue), says so once, and is started again as
+soon as Redis answers, trying after a delay that grows to
+``MAX_RESTART_DELAY``.
 """
 
 from __future__ import annotations
@@ -25,19 +28,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from rangefetch import QueueError, Settings, redact_url
+from rangefetch import QueueError, Settings
 from rangefetch.cli import build_settings, network_options, run, setup_logging
-from rangefetch.connections import redis_settings
+from rangefetch.connections import PATIENT_OUTAGE, RedisLink, redis_settings
 from rangefetch.network import check_network
 
-from .runtime import RUNTIME_KEY, shutdown
+from .runtime import shutdown
 from .settings import create_worker
 
 __all__ = ["serve", "worker"]
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FIRST_RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
+
+T = TypeVar("T")
 
 
 @click.command()
@@ -84,14 +91,18 @@ def worker(
 async def serve(settings: Settings, *, burst: bool = False, **overrides: Any) -> None:
     """Run a worker until a signal stops it (or the queue is empty with ``burst``).
 
+    ``overrides`` are arq ``Worker`` arguments; ``redis_settings`` among them
+    replaces the ones built from ``settings`` (tests make them fragile).
+
     Raises:
-        QueueError: Redis cannot be reached at the first start.
+        UsageError: no or malformed Redis URL.
+        QueueError: Redis cannot be reached, or refuses us, at the first start.
     """
-    where = redact_url(settings.redis_url or "")
-    delay = FIRST_RESTART_DELAY
-    started = False
-    while True:
-        worker = create_worker(settings, burst=burst, **overrides)
+    link = RedisLink(settings.redis_url or "", outage=PATIENT_OUTAGE)
+    rs = overrides.pop("redis_settings", None) or redis_settings(settings, link=link)
+    pool: ArqRedis | None = await link.open(rs, queue_name=settings.queue_name)
+    while pool is not None:
+        worker = create_worker(settings, burst=burst, redis_pool=pool, **overrides)
         try:
             await worker.async_run()
             return  # burst: the queue is empty
@@ -101,15 +112,28 @@ async def serve(settings: Settings, *, burst: bool = False, **overrides: Any) ->
                 raise  # we are being cancelled, not the worker stopped by a signal
             return
         except (RedisError, OSError) as exc:
-            started = started or RUNTIME_KEY in worker.ctx
-            if not started:
-                raise QueueError(f"cannot use Redis at {where}: {exc}") from exc
-            log.error("lost Redis at %s (%s: %s); restarting in %.0fs", where, type(exc).__name__, exc, delay)
+            link.failed(exc)
+            log.warning(
+                "worker stopped (Redis at %s: %s); its jobs are back in the queue; it starts again once Redis answers",
+                link.where, link.cause(exc),
+            )  # fmt: skip
         finally:
-            started = started or RUNTIME_KEY in worker.ctx
             await _close(worker)
-        if await _stopped_within(delay):
-            return
+        pool = await _reopen(link, rs, settings.queue_name)
+        if pool is not None:
+            log.info("worker started again")
+
+
+async def _reopen(link: RedisLink, rs: RedisSettings, queue_name: str) -> ArqRedis | None:
+    """A pool once Redis answers again, trying after growing delays; ``None`` if SIGTERM or SIGINT came first."""
+    delay = FIRST_RESTART_DELAY
+    while True:
+        if await _unless_signalled(asyncio.sleep(delay, result=True)) is None:
+            return None
+        try:
+            return await _unless_signalled(link.open(rs, queue_name=queue_name))
+        except QueueError as exc:
+            log.debug("%s; next try in %.0fs", exc, min(delay * 2, MAX_RESTART_DELAY))
         delay = min(delay * 2, MAX_RESTART_DELAY)
 
 
@@ -126,7 +150,7 @@ async def _close(worker: Worker) -> None:
     try:
         await worker.close()
     except (RedisError, OSError) as exc:
-        log.warning("closing the worker: %s", exc)
+        log.info("closing the worker without Redis: %s", exc)  # the loss was said already
         await shutdown(worker.ctx)  # arq skipped on_shutdown
         try:
             await worker.pool.aclose()
@@ -134,14 +158,19 @@ async def _close(worker: Worker) -> None:
             pass
 
 
-async def _stopped_within(seconds: float) -> bool:
-    """Wait ``seconds``; ``True`` if SIGTERM or SIGINT came first."""
+async def _unless_signalled(aw: Awaitable[T]) -> T | None:
+    """``await aw``, unless SIGTERM or SIGINT comes first: then ``aw`` is cancelled and ``None`` returned.
+
+    Between two arq workers nobody else listens for the signals.
+    """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    task = asyncio.ensure_future(aw)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, task.cancel)
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
-        return True
-    except TimeoutError:
-        return False
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled
+        return None

@@ -107,14 +107,18 @@ class Lease:
             await rt.store.renew_finalizer(self.guard, ttl=math.ceil(ttl))
 
     async def keep(self) -> None:
-        """Renew every quarter lease until cancelled; Redis failures are logged and retried."""
+        """Renew every quarter lease until cancelled; Redis failures are logged (once in a row) and retried."""
         interval = self.runtime.settings.jobs.lease / 4
+        failing = False
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.renew()
+                failing = False
             except QueueError as exc:
-                log.warning("job %s: %s", self.job_id, exc)
+                if not failing:
+                    log.warning("job %s: %s", self.job_id, exc)
+                failing = True
 
 
 @dataclass

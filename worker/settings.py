@@ -51,6 +51,9 @@ What we choose
 The dict from ``worker_settings()`` holds arq ``Worker`` keyword arguments;
 ``create_worker()`` builds the ``Worker`` and applies the lease.  Running
 arq's own CLI on that dict would skip the lease: use ``rangefetch worker``.
+Its ``redis_settings`` fail every call until their ``RedisLink`` has
+reached Redis (``rangefetch.connections``): ``worker.cli.serve`` opens the
+pool through the link and hands it to the ``Worker`` as ``redis_pool``.
 """
 
 from __future__ import annotations
