@@ -19,6 +19,13 @@ host, so its PEM text is stored, not its path) go into the
 wherever it runs.  Proxies, and the default trust store (``SSL_CERT_FILE``
 and the like), are each host's own: the probe here uses this host's, the
 workers theirs.
+
+What goes into Redis is what the workers need to fetch the ranges, and
+no more: the URL they fetch (the probe's final URL, with any password or
+token in it) and the request headers that URL may receive
+(``rangefetch.fetch.headers_for``: credentials given for another origin
+stay out).  The URL the user gave is stored redacted, for ``status``.
+Anyone who can read that Redis can read what is stored (README, "Secrets").
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from rangefetch import (
     redact_url,
     resolve_output,
 )
+from rangefetch.fetch import headers_for
 from rangefetch.network import read_ca_pem
 from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.state import DownloadState
@@ -148,7 +156,8 @@ async def enqueue(
         redis: the Redis holding the queue and the download records.
         output: the file, relative to ``settings.download_dir``.
         directory: a folder inside the download directory; the server names the file.
-        headers: request headers; stored apart from the record, never shown.
+        headers: request headers; those the final URL may receive are
+            stored apart from the record, never shown.
         checksum: a digest the finalizer verifies the file against.
         client: an httpx client for the probe instead of one from ``settings``.
 
@@ -198,7 +207,7 @@ async def enqueue(
             await asyncio.to_thread(_allocate, fd, size)
         spec = DownloadSpec(
             id=did,
-            url=url,
+            url=redact_url(url),  # for status; workers fetch final_url
             final_url=remote.final_url,
             size=size,
             path=path,
@@ -208,7 +217,7 @@ async def enqueue(
             etag=remote.etag,
             last_modified=remote.last_modified,
             checksum=str(checksum) if checksum else None,
-            headers=headers,
+            headers=headers_for(remote, headers),  # what the workers will send, no more
             insecure=settings.insecure,
             ca_pem=ca_pem,
         )

@@ -6,6 +6,10 @@ runs one.  It pins the file version with ``If-Range`` (RFC 9110 §13.1.5),
 accepts only a 206 whose ``Content-Range`` is exactly what was asked
 (§14.4, §15.3.7), streams the body to a ``Writer`` without holding it, and on
 a dropped or stalled connection resumes from the last byte written.
+
+Every request carries the caller's headers as ``headers_for`` allows: when
+the probe was redirected to another origin, the credentials meant for the
+URL the user gave stay behind.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from .probe import RemoteFile, raise_for_status
 from .protocol import parse_content_length, parse_content_range
 from .retry import Backoff
 
-__all__ = ["Progress", "Writer", "fetch_range", "fetch_stream"]
+__all__ = ["CROSS_ORIGIN_DROPPED", "Progress", "Writer", "fetch_range", "fetch_stream", "headers_for", "same_origin"]
+
+# Headers that carry the user's credentials for the URL they gave: never sent
+# to another origin (curl drops the same three since 7.83, CVE-2022-27776).
+CROSS_ORIGIN_DROPPED = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just written."""
@@ -41,6 +49,37 @@ class Writer(Protocol):
 
 def _ignore(n: int) -> None:
     pass
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Whether ``url`` and ``other`` have the same scheme, host and port (RFC 6454 §4).
+
+    A missing port is the scheme's default; a URL that cannot be parsed has
+    no origin in common with anything.
+    """
+    try:
+        a, b = httpx.URL(url), httpx.URL(other)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return (a.scheme, a.raw_host.lower(), _port(a)) == (b.scheme, b.raw_host.lower(), _port(b))
+
+
+def _port(url: httpx.URL) -> int | None:
+    return url.port if url.port is not None else {"http": 80, "https": 443}.get(url.scheme)
+
+
+def headers_for(remote: RemoteFile, headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The caller's ``headers`` that a request to ``remote.final_url`` may carry.
+
+    They were given for ``remote.url``: when the probe's redirects ended at
+    another origin (scheme, host or port), ``Authorization``, ``Cookie`` and
+    ``Proxy-Authorization`` are dropped, in any case of their names, so a
+    token for one host never reaches another.  Other headers pass as given.
+    """
+    chosen = dict(headers or {})
+    if same_origin(remote.url, remote.final_url):
+        return chosen
+    return {k: v for k, v in chosen.items() if k.lower() not in CROSS_ORIGIN_DROPPED}
 
 
 async def fetch_range(
@@ -66,11 +105,12 @@ async def fetch_range(
         RetriesExhaustedError: transient failures kept coming.
     """
     backoff = backoff or Backoff()
+    sent = headers_for(remote, headers)
     cursor = _Cursor(done)
     while cursor.done < rng.length:
         before = cursor.done
         try:
-            await _fetch_once(client, remote, rng, writer, cursor, dict(headers or {}), on_progress)
+            await _fetch_once(client, remote, rng, writer, cursor, sent, on_progress)
         except TransientError as exc:
             exc.range = rng
             if cursor.done > before:
@@ -97,11 +137,12 @@ async def fetch_stream(
         The same errors as ``fetch_range``.
     """
     backoff = backoff or Backoff()
+    sent = headers_for(remote, headers)
     cursor = _Cursor(0)
     while True:
         before = cursor.done
         try:
-            await _fetch_once(client, remote, None, writer, cursor, dict(headers or {}), on_progress)
+            await _fetch_once(client, remote, None, writer, cursor, sent, on_progress)
             return cursor.done
         except TransientError as exc:
             if cursor.done > before:
@@ -203,14 +244,17 @@ def _check_response(
             )
         return (rng.start if rng else 0), (remote.size if remote.size is not None else length)
     if status != 206:
-        # With If-Range a 200 means the validator no longer matches
-        # (§13.1.5); without one, the server ignored Range.  Either way the
-        # body is the whole file, not our range.
-        if remote.validator:
-            raise RemoteChangedError(
-                f"the remote file changed: HTTP {status} instead of 206 for {_what(rng)}", url=url, range=rng
-            )
-        raise ProtocolError(f"the server ignored Range: HTTP {status} for {_what(rng)}", url=url, range=rng)
+        # The body is the whole file, not our range.  With If-Range a 200
+        # means the validator no longer matches (§13.1.5), but a changed
+        # ETag or Last-Modified was refused by check_same above: a 200 that
+        # shows the probe's own validator is the same file, sent whole by a
+        # server (or a cache before it) that ignored Range.  Only the reply
+        # with no validator at all cannot tell which it is.
+        if remote.validator and not (response.headers.get("etag") or response.headers.get("last-modified")):
+            why = "the server ignored Range, or the file changed (the reply has no ETag or Last-Modified to tell)"
+        else:
+            why = "the server ignored Range"
+        raise ProtocolError(f"{why}: HTTP {status} instead of 206 for {_what(rng)}", url=url, range=rng)
     start = rng.start + done
     content_range = parse_content_range(response.headers.get("content-range"))
     if content_range is None or content_range.start != start or content_range.end != rng.end:

@@ -233,10 +233,18 @@ async def test_progress_is_reported() -> None:
 # --- fetch_range: misbehaving servers -----------------------------------------------
 
 
-async def test_server_ignoring_range_with_a_validator_means_the_file_changed() -> None:
-    exc, memory, sleep = await fails(Script(whole()), Range(100, 199), RemoteChangedError)
+async def test_server_ignoring_range_with_the_same_validator_is_not_a_change() -> None:
+    # A 200 with the probe's own ETag: the same file, sent whole (issue 9, item 14).
+    exc, memory, sleep = await fails(Script(whole()), Range(100, 199), ProtocolError)
+    assert "ignored Range" in str(exc) and "changed" not in str(exc)
     assert memory.writes == [] and sleep.delays == []
     assert exc.range == Range(100, 199)  # type: ignore[attr-defined]
+
+
+async def test_server_ignoring_range_with_another_validator_means_the_file_changed() -> None:
+    exc, memory, _ = await fails(Script(whole(etag='"other"')), Range(100, 199), RemoteChangedError)
+    assert "ETag changed" in str(exc)
+    assert memory.writes == []
 
 
 async def test_server_ignoring_range_without_a_validator_is_a_protocol_error() -> None:

@@ -61,3 +61,31 @@ def test_redact_headers() -> None:
         "User-Agent": "rangefetch",
     }
     assert headers["Authorization"] == "Bearer x"  # a copy; the original is untouched
+
+
+# Where a server's redirect commonly sends a download: presigned URLs of the
+# big object stores and CDNs, some with credentials in the user part.
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("https://bucket.s3.amazonaws.com/f?X-Amz-Credential=AKIA1%2F2&X-Amz-Security-Token=IQo9&X-Amz-Signature=5ig",
+         ("AKIA1", "IQo9", "5ig")),
+        ("https://storage.googleapis.com/b/f?X-Goog-Credential=sa%40p&X-Goog-Signature=g00g",
+         ("sa%40p", "sa@p", "g00g")),
+        ("https://acct.blob.core.windows.net/c/f?sv=2022&sig=AzUr3%3D&se=2030", ("AzUr3",)),
+        ("https://d1.cloudfront.net/f?Expires=1&Signature=Cl0ud~&Key-Pair-Id=APKA9", ("Cl0ud", "APKA9")),
+        ("https://cdn.example/f?access_token=at0k&apikey=ak3y", ("at0k", "ak3y")),
+        ("https://mirror:m1rr0r-pw@cdn.example:8443/f", ("m1rr0r-pw",)),
+    ],
+)
+def test_redirect_targets_are_redacted(url: str, secrets: tuple[str, ...]) -> None:
+    shown = redact_url(url)
+    for secret in secrets:
+        assert secret not in shown
+    assert redact_url(shown) == shown  # stored redacted, shown redacted again: no change
+
+
+def test_redact_url_is_idempotent() -> None:
+    for url in ("https://user:pw@h/f?token=t&x=1", "https://tok@h/f", "https://h/f?sig="):
+        once = redact_url(url)
+        assert redact_url(once) == once
