@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 import pydantic
 
+from . import _end_quiet_interrupts
 from .client import parse_header
 from .display import show_progress
 from .download import download
@@ -49,6 +50,9 @@ def build_settings(**overrides: Any) -> Settings:
 
 def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine, turning our errors into a one-line message and an exit code."""
+    # Until here a Ctrl-C ended the command with one line (rangefetch/__init__.py);
+    # from here on it cancels the coroutine, which cleans up, and ends below.
+    _end_quiet_interrupts()
     try:
         return asyncio.run(coro_fn())
     except RangefetchError as exc:
@@ -133,7 +137,8 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("url")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to this file.")
+# A str, as given: a Path would drop the "/" of "-o newdir/", which names a directory.
+@click.option("-o", "--output", type=click.Path(), help="Write to this file.")
 @click.option(
     "-d", "--dir", "directory", type=click.Path(path_type=Path), help="Save in this directory, named by the server."
 )
@@ -144,7 +149,7 @@ def cli() -> None:
 @click.option("--redis", "redis_url", help="Run distributed through this Redis (default: RANGEFETCH_REDIS_URL).")
 def get(
     url: str,
-    output: Path | None,
+    output: str | None,
     directory: Path | None,
     connections: int | None,
     chunk_size: str | None,
@@ -188,7 +193,7 @@ def get(
             result = await download(
                 url,
                 output,
-                directory=directory if directory is not None else Path.cwd(),
+                directory=directory if directory is not None else Path("."),  # resolved (and checked) by download
                 settings=settings,
                 headers=extra,
                 checksum=expected,

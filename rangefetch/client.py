@@ -12,6 +12,7 @@ import httpx
 from .errors import (
     ConnectionLostError,
     DownloadError,
+    MalformedResponseError,
     ProtocolError,
     ProxyError,
     RangefetchError,
@@ -182,8 +183,41 @@ def _tls_message(error: ssl.SSLError, url: str) -> str:
     return f"{what}; to trust its CA use --ca-certificate FILE, or --insecure to skip verification"
 
 
+# The words h11 and httpcore use for a peer that went away in the middle of
+# a message: a dropped connection, worth another try.  Any other
+# RemoteProtocolError is a reply that breaks HTTP/1.1 (RFC 9112): a bad
+# status line, a header field h11 refuses (a NUL or other control character,
+# §5.5 of RFC 9110; conflicting Content-Length, RFC 9112 §6.3), a header
+# section past h11's size limit.  The server sends the same bytes again on
+# every try, so those are final.
+_PEER_WENT_AWAY = (
+    "peer closed connection",  # h11: the body ended early (ContentLengthReader/ChunkedReader.read_eof)
+    "peer unexpectedly closed",  # h11: closed in the middle of the status line or headers
+    "server disconnected",  # httpcore: closed before the response began
+    "connectionclosed",  # h11: "can't handle event type ConnectionClosed ..."
+    "peer state is error",  # h11: a read after the connection already failed
+)
+
+
+def _peer_went_away(exc: httpx.RemoteProtocolError) -> bool:
+    text = str(exc).lower()
+    return any(words in text for words in _PEER_WENT_AWAY)
+
+
+def _redirect_target(exc: httpx.RequestError) -> str:
+    """The URL of the request that failed, redacted: where a redirect led."""
+    try:
+        return redact_url(str(exc.request.url))
+    except RuntimeError:  # httpx raises this when no request is attached
+        return "an unsupported URL"
+
+
 def translate_error(exc: Exception, *, url: str, range: Range | None = None) -> RangefetchError:
-    """Map an httpx (or socket) error onto our tree; the caller raises it ``from exc``."""
+    """Map an httpx (or socket) error onto our tree; the caller raises it ``from exc``.
+
+    A reply that breaks HTTP/1.1 is a ``MalformedResponseError`` (final);
+    a connection that broke mid-reply a ``ConnectionLostError`` (retried).
+    """
     where = f" (range {range})" if range is not None else ""
     if isinstance(exc, RangefetchError):
         return exc
@@ -201,9 +235,26 @@ def translate_error(exc: Exception, *, url: str, range: Range | None = None) -> 
     if isinstance(exc, httpx.TooManyRedirects):
         return ProtocolError(f"too many redirects for {redact_url(url)}", url=url, range=range)
     if isinstance(exc, httpx.UnsupportedProtocol):
+        if urlsplit(url).scheme.lower() in ("http", "https"):
+            # The URL asked for was fine (check_url): a redirect led to
+            # file://, ftp:// or the like.  The server's doing, not a usage error.
+            target = _redirect_target(exc)
+            return ProtocolError(
+                f"{_host(url)} redirected to {target}: only http:// and https:// URLs are followed{where}",
+                url=url,
+                range=range,
+            )
         return UsageError(f"unsupported URL {redact_url(url)!r}: {exc}", url=url)
     if isinstance(exc, httpx.RemoteProtocolError):
-        return ConnectionLostError(f"connection to {_host(url)} broke: {exc}{where}", url=url, range=range)
+        if _peer_went_away(exc):
+            return ConnectionLostError(f"connection to {_host(url)} broke: {exc}{where}", url=url, range=range)
+        return MalformedResponseError(
+            f"{_host(url)} sent a reply that breaks HTTP/1.1: {exc}{where}", url=url, range=range
+        )
+    if isinstance(exc, httpx.LocalProtocolError):
+        # h11 refused to send our own request (a header value it will not
+        # put on the wire): the same request fails the same way every time.
+        return ProtocolError(f"cannot send the request to {_host(url)}: {exc}{where}", url=url, range=range)
     if isinstance(exc, (httpx.TransportError, OSError)):
         detail = str(exc) or type(exc).__name__
         return ConnectionLostError(f"connection to {_host(url)} failed: {detail}{where}", url=url, range=range)

@@ -4,12 +4,17 @@
 (each pulls the next range off a shared queue, so fast connections take more
 ranges), checkpoints a resume record every few seconds, then verifies and
 renames.  The same ``fetch_range`` runs in the distributed workers.
+
+A file that was fetched whole but could not be delivered (the ``--checksum``
+given does not match, or the rename failed) is kept as ``NAME.part`` with a
+record listing every range as done: the next run only verifies it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -21,10 +26,11 @@ from pathlib import Path
 import httpx
 
 from .client import check_url, make_client
-from .errors import DownloadError, VerificationError, collapse
+from .display import format_bytes
+from .errors import DownloadError, NoSpaceError, VerificationError, collapse
 from .fetch import fetch_range, fetch_stream
 from .names import filename_from_disposition, filename_from_url, resolve_output
-from .plan import Range, choose_chunk_size, plan_ranges
+from .plan import MAX_RANGES, Range, check_chunk_size, choose_chunk_size, plan_ranges
 from .probe import RemoteFile, probe
 from .progress import Tracker
 from .record import ResumeRecord
@@ -86,19 +92,31 @@ async def download(
             server are always confined).
 
     Raises:
-        UsageError: bad URL or output path.
+        UsageError: bad URL, chunk size or output path (checked before any request).
+        NoSpaceError: the file does not fit on its file system.
         DownloadError: the download failed; nothing is left at the final path.
     """
     settings = settings or Settings()
     check_url(url)
+    check_chunk_size(settings.chunk_size)
+    base = Path(directory) if directory is not None else settings.download_dir
+    # A path the user gave is settled before the network: a name that can
+    # never work fails at once, without a request.
+    given = output is not None and os.fspath(output) != ""
+    dest = resolve_output(base, output, confine=confine) if given else None
     own_client = client is None
     http = client or make_client(settings)
     try:
         remote = await probe(http, url, headers=headers, backoff=Backoff(settings.retry))
-        base = Path(directory) if directory is not None else settings.download_dir
-        dest = resolve_output(base, output, candidates=output_candidates(remote), confine=confine or output is None)
+        if dest is None:
+            dest = resolve_output(base, None, candidates=output_candidates(remote), confine=True)
         transfer = _Transfer(http, remote, dest, settings, dict(headers or {}), tracker or Tracker())
         return await transfer.run(checksum)
+    except OSError as exc:
+        # Every expected failure is translated where it happens; this keeps
+        # any other one (EIO, a file system gone read-only) to one line too.
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise DownloadError(f"file system error: {exc.strerror or exc}{where}") from exc
     finally:
         if own_client:
             await http.aclose()
@@ -131,8 +149,7 @@ class _Transfer:
     async def run(self, checksum: Checksum | None) -> DownloadResult:
         began = time.monotonic()
         remote = self.remote
-        ranged = remote.ranges and remote.size is not None and remote.size > 0
-        record, keep = self._resume_record() if ranged else (None, False)
+        record, keep = self._resume_record()
         fd = self.part.open(remote.size, keep=keep)
         wanted = {"sha256"} | ({checksum.algorithm} if checksum else set())
         # Hashes the file while it is written, so little is left at the end.
@@ -146,7 +163,10 @@ class _Transfer:
                     size = remote.size or 0
                     todo = plan_ranges(size, record.chunk_size, skip=record.ranges())
                     self.tracker.start(size, size - sum(r.length for r in todo))
-                    await self._fetch_ranges(todo, writer, record)
+                    if todo:
+                        await self._fetch_ranges(todo, writer, record)
+                    else:
+                        log.info("%s is complete from an earlier run: verifying it", self.part.part)
                 elif remote.size != 0:
                     self.tracker.start(remote.size)
                     size = await fetch_stream(
@@ -164,13 +184,25 @@ class _Transfer:
                     size = 0
             try:
                 verify_size(fd, remote.size if remote.size is not None else size, url=remote.url)
-                digests = await hasher.result()
-                if checksum is not None:
-                    checksum.check(digests, url=remote.url)
             except VerificationError:
                 self.part.discard()
                 raise
-            self.part.commit()
+            digests = await hasher.result()
+            if checksum is not None:
+                try:
+                    checksum.check(digests, url=remote.url)
+                except VerificationError as exc:
+                    kept = await self._keep_whole(record, size, "run again with the right --checksum to check it")
+                    if kept is None:
+                        self.part.discard()
+                        raise
+                    raise VerificationError(f"{exc}; {kept}", url=remote.url) from exc
+            try:
+                self.part.commit()
+            except DownloadError as exc:
+                kept = await self._keep_whole(record, size, "run the same command again to finish")
+                kept = kept or f"the verified file stays at {self.part.part}"
+                raise DownloadError(f"{exc}; {kept}", url=remote.url) from exc
         finally:
             hasher.close()
             os.close(fd)
@@ -178,10 +210,37 @@ class _Transfer:
             self.part.final, size, digests["sha256"], self.tracker.resumed, time.monotonic() - began, remote
         )
 
-    def _resume_record(self) -> tuple[ResumeRecord, bool]:
-        """The record to continue from, and whether the ``.part`` file is kept."""
+    async def _keep_whole(self, record: ResumeRecord | None, size: int, then: str) -> str | None:
+        """Record the whole, size-verified ``.part`` as complete, so a rerun only verifies it.
+
+        Returns what to tell the user, or ``None`` when the file cannot be
+        kept for a rerun (no size or validator to check it against then, or
+        the record cannot be written).
+        """
+        remote = self.remote
+        if size == 0 or remote.size != size:
+            return None
+        record = record or ResumeRecord.for_remote(remote, max(size, 1))
+        if record.mismatch(remote) is not None:  # a rerun could not tell it is the same file
+            return None
+        record.done = [str(r) for r in plan_ranges(size, record.chunk_size)]
+        try:
+            await asyncio.to_thread(record.save, self.part.record)
+        except OSError as exc:
+            log.warning("cannot keep %s for a rerun: %s", self.part.part, exc.strerror or exc)
+            return None
+        kept = f"kept the downloaded {self.part.part} ({format_bytes(size)}) and its record"
+        return f"{kept}: {then} without downloading again"
+
+    def _resume_record(self) -> tuple[ResumeRecord | None, bool]:
+        """The record to fetch ranges by (``None``: one plain stream), and whether the ``.part`` file is kept.
+
+        A ``.part`` file whose record lists every range is kept even from a
+        server that no longer takes ranges: it only needs verifying.
+        """
         remote, settings = self.remote, self.settings
-        assert remote.size is not None
+        if remote.size is None or remote.size == 0:
+            return None, False
         old = ResumeRecord.load(self.part.record)
         if old is not None and self.part.part.exists():
             # The .part file must still be the one the record describes: one of
@@ -190,11 +249,20 @@ class _Transfer:
             why = old.mismatch(remote) or (
                 f".part file has {part_size} bytes, not {old.size}" if part_size != old.size else None
             )
-            if why is None:
+            complete = not plan_ranges(old.size, old.chunk_size, skip=old.ranges())
+            if why is None and (remote.ranges or complete):
                 log.info("resuming %s: %d ranges already done", self.part.part, len(old.done))
                 return old, True
-            log.warning("not resuming %s: %s; starting over", self.part.part, why)
-        chunk = settings.chunk_size or choose_chunk_size(remote.size, settings.connections)
+            if why is not None:
+                log.warning("not resuming %s: %s; starting over", self.part.part, why)
+        if not remote.ranges:
+            return None, False
+        chunk = choose_chunk_size(remote.size, settings.connections, requested=settings.chunk_size)
+        if settings.chunk_size is not None and chunk != settings.chunk_size:
+            log.warning(
+                "chunk size %s would cut %s into more than %d ranges; using %s",
+                format_bytes(settings.chunk_size), format_bytes(remote.size), MAX_RANGES, format_bytes(chunk),
+            )  # fmt: skip
         return ResumeRecord.for_remote(remote, chunk), False
 
     async def _fetch_ranges(self, todo: list[Range], writer: FileWriter, record: ResumeRecord) -> None:
@@ -207,7 +275,14 @@ class _Transfer:
             await writer.flush()
             del finished[: len(batch)]
             record.done.extend(str(r) for r in batch)
-            await asyncio.to_thread(record.save, self.part.record)
+            try:
+                await asyncio.to_thread(record.save, self.part.record)
+            except OSError as exc:
+                # A full disk, a symlink planted at NAME.part.json.tmp (the
+                # record is never written through one), a name too long.
+                error = NoSpaceError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else DownloadError
+                where = exc.filename or self.part.record
+                raise error(f"cannot save the resume record {where}: {exc.strerror or exc}") from exc
 
         async def fetcher() -> None:
             while queue:

@@ -17,11 +17,13 @@ boundary (``raise ... from exc``) so callers only ever catch ours::
     │   ├── PermanentError          retrying cannot help
     │   │   ├── HTTPStatusError     404, 410, 401, 403 and other final statuses
     │   │   ├── ProtocolError       a response that breaks the Range rules
+    │   │   │   └── MalformedResponseError a reply that breaks HTTP/1.1 itself
     │   │   ├── TLSError            certificate, host name or TLS version refused
     │   │   ├── RemoteChangedError  the remote file changed under us
     │   │   └── UnknownSizeError    the server does not say how large the file is
     │   ├── RetriesExhaustedError   a transient error that kept coming back
     │   ├── VerificationError       size or checksum of the result is wrong
+    │   ├── NoSpaceError            the file system has too little room for the file
     │   └── CancelledDownloadError  the download was cancelled
     ├── StateError                  an illegal state transition
     └── QueueError                  Redis could not be reached or answered badly
@@ -39,14 +41,16 @@ __all__ = [
     "ConnectionLostError",
     "DownloadError",
     "HTTPStatusError",
+    "MalformedResponseError",
+    "NoSpaceError",
     "PermanentError",
     "ProtocolError",
     "QueueError",
     "RangefetchError",
     "RemoteChangedError",
     "RetriesExhaustedError",
-    "ServerBusyError",
     "ProxyError",
+    "ServerBusyError",
     "StallError",
     "StateError",
     "TLSError",
@@ -159,6 +163,10 @@ class ProtocolError(PermanentError):
     """A response broke the Range rules: wrong Content-Range, short or long body."""
 
 
+class MalformedResponseError(ProtocolError):
+    """The reply broke HTTP/1.1 itself: a bad status line or header field, conflicting lengths, too many headers."""
+
+
 class TLSError(PermanentError):
     """The TLS handshake failed: an untrusted certificate, a wrong host name, or no common TLS version."""
 
@@ -177,6 +185,10 @@ class RetriesExhaustedError(DownloadError):
 
 class VerificationError(DownloadError):
     """The finished file has the wrong size or checksum."""
+
+
+class NoSpaceError(DownloadError):
+    """The file system has too little free space for the file."""
 
 
 class CancelledDownloadError(DownloadError):

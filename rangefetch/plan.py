@@ -18,6 +18,10 @@ Why the chunk size is chosen the way it is
   cap does not break ``MAX_RANGES``.
 * Chunk sizes are rounded to whole MiB above 1 MiB, which keeps requests
   aligned to page and filesystem blocks.
+* A chunk size the user asks for is kept within bounds too: never below
+  ``MIN_REQUESTED_CHUNK`` (64 KiB: at 1 KiB a 300 MB file is 300,000
+  requests and a core busy for minutes just planning and recording them),
+  and grown when the file would need more than ``MAX_RANGES`` ranges of it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,17 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["MAX_CHUNK", "MAX_RANGES", "MIN_CHUNK", "Range", "choose_chunk_size", "parse_size", "plan_ranges"]
+__all__ = [
+    "MAX_CHUNK",
+    "MAX_RANGES",
+    "MIN_CHUNK",
+    "MIN_REQUESTED_CHUNK",
+    "Range",
+    "check_chunk_size",
+    "choose_chunk_size",
+    "parse_size",
+    "plan_ranges",
+]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -37,6 +51,7 @@ GiB = 1024 * MiB
 MIN_CHUNK = 1 * MiB
 MAX_CHUNK = 64 * MiB
 MAX_RANGES = 10_000
+MIN_REQUESTED_CHUNK = 64 * KiB
 TARGET_RANGES_PER_CONNECTION = 4
 
 
@@ -76,17 +91,48 @@ class Range:
         return cls(int(start), int(end))
 
 
-def choose_chunk_size(size: int, connections: int, *, per_connection: int = TARGET_RANGES_PER_CONNECTION) -> int:
+def check_chunk_size(requested: int | None) -> int | None:
+    """``requested`` (a chunk size the user asked for, or ``None``) if it is not below the floor.
+
+    Raises:
+        UsageError: it is below ``MIN_REQUESTED_CHUNK``.
+    """
+    if requested is not None and requested < MIN_REQUESTED_CHUNK:
+        shown = f"{requested // KiB}K" if requested % KiB == 0 else f"{requested} bytes"
+        raise UsageError(
+            f"chunk size {shown} is too small: use at least {MIN_REQUESTED_CHUNK // KiB}K "
+            "(--chunk-size, RANGEFETCH_CHUNK_SIZE)"
+        )
+    return requested
+
+
+def choose_chunk_size(
+    size: int,
+    connections: int,
+    *,
+    per_connection: int = TARGET_RANGES_PER_CONNECTION,
+    requested: int | None = None,
+) -> int:
     """Pick a range length for a file of ``size`` bytes fetched over ``connections``.
 
     ``per_connection``: the ranges each connection should get (before the
-    bounds above apply).
+    bounds above apply).  ``requested``: the chunk size the user asked for;
+    it is used as it is unless the file would need more than ``MAX_RANGES``
+    ranges of it, and then grown to the smallest multiple of
+    ``MIN_REQUESTED_CHUNK`` that keeps within ``MAX_RANGES``.
 
     Raises:
         ValueError: ``size`` is negative, or ``connections`` or ``per_connection`` is below 1.
+        UsageError: ``requested`` is below ``MIN_REQUESTED_CHUNK``.
     """
     if size < 0 or connections < 1 or per_connection < 1:
         raise ValueError("size must be >= 0, connections and per_connection >= 1")
+    if requested is not None:
+        check_chunk_size(requested)
+        if -(-size // requested) <= MAX_RANGES:
+            return requested
+        fits = -(-size // MAX_RANGES)
+        return -(-fits // MIN_REQUESTED_CHUNK) * MIN_REQUESTED_CHUNK
     if size <= MIN_CHUNK:
         return max(size, 1)
     chunk = -(-size // (connections * per_connection))

@@ -13,6 +13,7 @@ memory stays bounded when the disk is slower than the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -25,9 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from .errors import DownloadError
+from .display import format_bytes
+from .errors import DownloadError, NoSpaceError
 
-__all__ = ["FileWriter", "PartFile", "allocate"]
+__all__ = ["FileWriter", "PartFile", "allocate", "check_space"]
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +42,52 @@ MAX_PWRITE = 512 * 1024  # bytes per pwrite call: keeps each syscall short
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
+def check_space(fd: int, size: int) -> None:
+    """Check that the file system of ``fd`` has room for the file to hold ``size`` bytes.
+
+    What the file already has allocated counts; what it still needs is
+    compared with the space free for unprivileged users (``statvfs``'s
+    ``f_bavail``).  A file system that reports no size at all is not judged.
+
+    Raises:
+        NoSpaceError: too little free space ("needs X, Y free").
+    """
+    stat, fs = os.fstat(fd), os.fstatvfs(fd)
+    if fs.f_blocks == 0:  # some virtual and network file systems report nothing
+        return
+    needed = size - stat.st_blocks * 512
+    free = fs.f_bavail * fs.f_frsize
+    if needed > free:
+        raise NoSpaceError(f"not enough free space: needs {format_bytes(needed)}, {format_bytes(free)} free")
+
+
 def allocate(fd: int, size: int) -> None:
     """Give the file at ``fd`` the length ``size``, reserving the blocks where possible.
 
-    ``fallocate(2)`` reserves the space up front (no ENOSPC half-way, less
-    fragmentation).  Where the filesystem cannot, a sparse ``ftruncate`` sets
-    the length; glibc's ``posix_fallocate`` emulation, which writes every
-    block, is avoided on purpose.
+    The free space is checked first (``check_space``), so a file that cannot
+    fit fails at once instead of filling the disk.  ``fallocate(2)`` then
+    reserves the space up front (no ENOSPC half-way, less fragmentation);
+    when it runs out of space all the same (another writer was faster), the
+    blocks it got before ENOSPC, which ext4 keeps, are given back by cutting
+    the file to its old length.  Where the filesystem cannot preallocate, a
+    sparse ``ftruncate`` sets the length; glibc's ``posix_fallocate``
+    emulation, which writes every block, is avoided on purpose.
+
+    Raises:
+        NoSpaceError: the file does not fit.
+        OSError: the file system refused otherwise.
     """
     if size > 0:
+        check_space(fd, size)
         fallocate = getattr(_libc, "fallocate", None)
         if fallocate is not None:
             fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+            before = os.fstat(fd).st_size
             if fallocate(fd, 0, 0, size) != 0:
                 err = ctypes.get_errno()
-                if err == errno.ENOSPC:
-                    raise DownloadError(f"not enough disk space for {size} bytes")
+                if err in (errno.ENOSPC, errno.EDQUOT):
+                    os.ftruncate(fd, before)
+                    raise NoSpaceError(f"not enough free space for {format_bytes(size)}: {os.strerror(err)}")
                 log.debug("fallocate failed (%s); using ftruncate", os.strerror(err))
     os.ftruncate(fd, size)
 
@@ -131,7 +163,8 @@ class FileWriter:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise DownloadError(f"writing the file failed: {self._error.strerror or self._error}") from self._error
+            error = NoSpaceError if self._error.errno in (errno.ENOSPC, errno.EDQUOT) else DownloadError
+            raise error(f"writing the file failed: {self._error.strerror or self._error}") from self._error
 
     def _release(self, size: int) -> None:
         self._pending -= size
@@ -187,6 +220,8 @@ class PartFile:
         are about to be thrown away.
 
         Raises:
+            NoSpaceError: the file system has too little free space for it;
+                nothing is left behind.
             DownloadError: the file cannot be created.
         """
         try:
@@ -208,19 +243,34 @@ class PartFile:
             self.record.unlink(missing_ok=True)
             os.ftruncate(fd, 0)
             allocate(fd, size or 0)
-        except OSError as exc:
+        except (OSError, DownloadError) as exc:
+            # The file was emptied above and holds nothing worth keeping.
+            with contextlib.suppress(OSError):
+                self.part.unlink()
             os.close(fd)
+            if isinstance(exc, NoSpaceError):
+                raise NoSpaceError(f"cannot allocate {self.part}: {exc}") from exc
+            if isinstance(exc, DownloadError):
+                raise
             raise DownloadError(f"cannot allocate {self.part}: {exc.strerror}") from exc
-        except DownloadError:
-            os.close(fd)
-            raise
         return fd
 
     def commit(self) -> None:
-        """Rename ``.part`` to the final name, durably, and drop the resume record."""
-        os.replace(self.part, self.final)
-        fsync_dir(self.final.parent)
-        self.record.unlink(missing_ok=True)
+        """Rename ``.part`` to the final name, durably, and drop the resume record.
+
+        Raises:
+            DownloadError: the rename failed (a directory now at the final
+                path, no permission); the ``.part`` file and its record stay.
+        """
+        try:
+            os.replace(self.part, self.final)
+        except OSError as exc:
+            raise DownloadError(f"cannot rename {self.part} to {self.final}: {exc.strerror}") from exc
+        try:
+            fsync_dir(self.final.parent)
+            self.record.unlink(missing_ok=True)
+        except OSError as exc:  # the file is in place; only the tidying failed
+            log.warning("after renaming %s to %s: %s", self.part, self.final, exc.strerror or exc)
 
     def discard(self) -> None:
         """Remove the ``.part`` file and its resume record."""

@@ -5,14 +5,25 @@ the query string (``server.url("big", drop=100, times=2)``); the downloader
 treats the query as opaque. Fault counters are kept per (file name, query
 without ``redirect``/``redirect_to``), so a ``key=xyz`` parameter isolates a
 test further. "First K" below means the first K GET requests for that key
-since the last :meth:`RangeServer.reset` (K is ``times``, default 1).
+since the last :meth:`RangeServer.reset` (K is ``times``, default 1), after
+the first ``skip`` GETs (default 0), which are served without the fault.
 
 Faults: ``norange``, ``acceptranges_none``, ``nolength`` (+``chunked``),
 ``nohead[=code]``, ``headlies``, ``drop=N``, ``stall=S`` (+``stall_after=N``),
 ``status=CODE`` (+``retry_after=S`` or ``retry_after_date=1``),
 ``etag_change_after=N``, ``weak_etag``, ``no_validators``, ``gzip``,
 ``redirect=N``, ``redirect_to=NAME``, ``cd=NAME``, ``cd_star=NAME``,
-``rate=BPS``, ``wrong_range``, ``short``, ``slow_headers=S``.
+``rate=BPS``, ``wrong_range``, ``short``, ``slow_headers=S``,
+``broken=KIND``, ``claim=SIZE``, ``ignore_range``, ``redirect_url=URL``.
+
+Replies that break HTTP/1.1 (first K GETs), ``broken=``: ``content_length``
+(two Content-Length fields that disagree), ``nul`` (a NUL byte in a header
+value), ``flood`` (about 200 KB of header fields, past any client's limit).
+``claim=SIZE`` reports SIZE as the file's size (HEAD's Content-Length, every
+Content-Range's complete length) whatever the content is.  ``ignore_range``
+answers the first K GETs with the whole file (200, validators unchanged),
+as a cache that ignores Range would.  ``redirect_url=URL`` answers every
+request with a 302 to URL, whatever its scheme (``file:///etc/passwd``).
 
 ``RangeServer(tls=context)`` serves HTTPS instead, with a server-side
 ``ssl.SSLContext``: ``base_url`` is ``https://127.0.0.1:PORT`` and every fault
@@ -175,6 +186,19 @@ def _disposition(cd: str | None, cd_star: str | None) -> str | None:
     return "; ".join(parts) if len(parts) > 1 else None
 
 
+def _broken_fields(kind: str | None, length: int) -> tuple[tuple[str, str], ...]:
+    """Header fields that make a reply break HTTP/1.1 (``broken=KIND``); none for no KIND."""
+    if not kind:
+        return ()
+    if kind == "content_length":  # RFC 9112 §6.3: a recipient must treat this as an error
+        return (("Content-Length", str(length + 1)),)
+    if kind == "nul":  # RFC 9110 §5.5: NUL is never allowed in a field value
+        return (("X-Broken", "before\x00after"),)
+    if kind == "flood":  # ~200 KB of fields: past h11's 100 KiB limit for a header section
+        return tuple((f"X-Flood-{i}", "f" * 90) for i in range(2000))
+    raise ValueError(f"unknown broken={kind!r}")
+
+
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # 32+ clients may connect at once
@@ -286,9 +310,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             q = f.query(drop=_NOT_COUNTED)
             loc = f"{owner.base_url}/f/{quote(target)}" + (f"?{q}" if q else "")
             return self._simple(302, b"redirect\n", {"Location": loc})
+        if location := f.q.get("redirect_url"):
+            return self._simple(302, b"redirect\n", {"Location": location})
 
         index = owner._count((name, f.key), bump=not head)
-        faulted = not head and index < f.integer("times", 1)
+        skip = f.integer("skip")
+        faulted = not head and skip <= index < skip + f.integer("times", 1)
         if faulted and f.number("slow_headers") > 0 and owner._stop.wait(f.number("slow_headers")):
             raise ConnectionAbortedError("server stopping")
         if head and "nohead" in f.q:
@@ -333,6 +360,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         # Range applies to GET only (RFC 9110 §14.2) and only if If-Range matches.
         ignored = head or norange or nolength or gzipped or f.flag("acceptranges_none")
+        ignored = ignored or (faulted and f.flag("ignore_range"))
         if rng is not None and not ignored:
             if_range = self.headers.get("If-Range")
             if if_range is None or _if_range_matches(if_range.strip(), etag, lm):
@@ -341,13 +369,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             out["Content-Range"] = f"bytes */{size}"  # RFC 9110 §15.5.17
             return self._simple(416, b"range not satisfiable\n", out)
         status, start, end = 200, 0, size - 1
+        claimed = f.integer("claim", size)
         if span is not None:
             status, (start, end) = 206, span
             if f.flag("wrong_range") and size > 1:
                 # Shift by +1, or by -1 at the end; a whole-file range loses byte 0.
                 shift = 1 if end + 1 < size else -1 if start > 0 else 0
                 start, end = start + (shift or 1), end + shift
-            out["Content-Range"] = f"bytes {start}-{end}/{size}"  # RFC 9110 §14.4
+            out["Content-Range"] = f"bytes {start}-{end}/{claimed}"  # RFC 9110 §14.4
         length = max(0, end - start + 1)
         chunked = nolength and f.flag("chunked")
         if chunked:
@@ -356,7 +385,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             out["Connection"] = "close"  # the body is close-delimited
         else:
             out["Content-Length"] = str(length + (1000 if head and f.flag("headlies") else 0))
-        self._start(status, out)
+            if head and "claim" in f.q:
+                out["Content-Length"] = str(claimed)
+        self._start(status, out, _broken_fields(f.q.get("broken"), length) if faulted else ())
         if not head:
             self._send_body(owner, memoryview(body)[start : start + length], f, faulted, chunked)
 
@@ -401,12 +432,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         _shutdown(self.connection, socket.SHUT_RDWR)
         self.connection.close()
 
-    def _start(self, status: int, headers: dict[str, str | None]) -> None:
+    def _start(
+        self, status: int, headers: dict[str, str | None], extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self._rec.status = status
         self.send_response(status)
         for k, v in headers.items():
             if v is not None:
                 self.send_header(k, v)
+        for k, v in extra:  # written as given: send_header checks nothing
+            self.send_header(k, v)
         self.end_headers()
 
     def _simple(self, status: int, body: bytes, headers: dict[str, str | None] | None = None) -> None:

@@ -199,12 +199,22 @@ def test_checksum_accepted(srv: RangeServer, tmp_path: Path, algorithm: str) -> 
     assert_success(proc, tmp_path / NAME)
 
 
-def test_checksum_mismatch(srv: RangeServer, tmp_path: Path) -> None:
+def test_checksum_mismatch_keeps_the_file_for_the_right_checksum(srv: RangeServer, tmp_path: Path) -> None:
     wrong = "sha256=" + hashlib.sha256(b"not it").hexdigest()
     proc = run("get", *RANGED, "--checksum", wrong, "-d", ".", srv.url(NAME), cwd=tmp_path)
     line = assert_clean_failure(proc, 1, tmp_path / NAME)
-    assert "sha256 mismatch" in line
-    assert list(tmp_path.iterdir()) == []  # the .part file and its record are gone too
+    part = (tmp_path / f"{NAME}.part").resolve()
+    assert "sha256 mismatch" in line and f"got {SHA}" in line
+    assert f"kept the downloaded {part} (976.6 KiB) and its record" in line
+    assert "run again with the right --checksum to check it without downloading again" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{NAME}.part", f"{NAME}.part.json"]
+    assert sha256(part) == SHA
+
+    first = len(srv.requests)
+    proc = run("get", *RANGED, "--checksum", f"sha256={SHA}", "-d", ".", srv.url(NAME), cwd=tmp_path)
+    assert_success(proc, tmp_path / NAME)
+    assert range_gets(srv.requests[first:]) == []  # verified, not downloaded again
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
 
 
 @pytest.mark.parametrize("value", ["sha256=zz", "crc32=00000000", "sha256", "md5=" + "0" * 31])
@@ -267,10 +277,16 @@ def test_remote_changes_during_download(srv: RangeServer, tmp_path: Path) -> Non
         ["-o", "x.bin", "-d", "dl", "URL"],
         ["--chunk-size", "lots", "URL"],
         ["--chunk-size", "0", "URL"],
+        ["--chunk-size", "1k", "URL"],
         ["-c", "0", "URL"],
+        ["-o", "newdir/", "URL"],
+        ["-o", "x" * 245, "URL"],
     ],
-    ids=["file", "ftp", "garbage", "no_host", "bad_header", "output_and_dir", "chunk_size_word", "chunk_size_0", "c0"],
-)
+    ids=[
+        "file", "ftp", "garbage", "no_host", "bad_header", "output_and_dir", "chunk_size_word", "chunk_size_0",
+        "chunk_size_1k", "c0", "output_dir_slash", "output_too_long",
+    ],
+)  # fmt: skip
 def test_usage_error(srv: RangeServer, tmp_path: Path, args: list[str]) -> None:
     args = [srv.url(NAME) if a == "URL" else a for a in args]
     proc = run("get", *args, cwd=tmp_path)

@@ -331,6 +331,37 @@ async def test_disposition_cannot_escape(srv: RangeServer, tmp_path: Path, fault
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["dl", "dl/evil.txt"]
 
 
+async def test_names_from_the_server_lose_bidi_and_c1_controls(srv: RangeServer, tmp_path: Path) -> None:
+    # U+202E would show "invoice\u202etxt.exe" as "invoiceexe.txt"; U+009B starts a terminal sequence.
+    url = srv.url(NAME, cd_star="invoice\u202etxt\u2066.exe\u009b\u0085")
+    result = await download(url, directory=tmp_path, settings=settings())
+    assert result.path == (tmp_path / "invoicetxt.exe").resolve()
+    assert_ok(result)
+
+
+@pytest.mark.parametrize("output", ["newdir/", "newdir/."])
+async def test_output_naming_a_directory_is_refused_before_any_request(
+    srv: RangeServer, tmp_path: Path, output: str
+) -> None:
+    with pytest.raises(UnsafePathError, match="names a directory"):
+        await download(srv.url(NAME), output, directory=tmp_path, settings=settings())
+    assert srv.requests == []
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_chunk_size_below_the_floor_is_refused_before_any_request(srv: RangeServer, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="chunk size 1K is too small: use at least 64K"):
+        await download(srv.url(NAME), directory=tmp_path, settings=settings(chunk_size="1k"))
+    assert srv.requests == []
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_chunk_size_at_the_floor_is_taken(srv: RangeServer, tmp_path: Path) -> None:
+    result = await download(srv.url(NAME), directory=tmp_path, settings=settings(chunk_size="64K"))
+    assert_ok(result)
+    assert sorted(parse_range(r.headers["range"]) for r in range_gets(srv.requests)) == planned(len(DATA), 65536)
+
+
 async def test_confined_output_outside_directory(srv: RangeServer, tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError):
         await download(srv.url(NAME), "../escape.bin", directory=tmp_path / "dl", settings=settings(), confine=True)
@@ -355,11 +386,62 @@ async def test_checksum_matches(srv: RangeServer, tmp_path: Path, algorithm: str
     assert_ok(result)
 
 
-async def test_checksum_mismatch_removes_part(srv: RangeServer, tmp_path: Path) -> None:
-    wrong = Checksum("sha256", hashlib.sha256(b"something else").hexdigest())
-    with pytest.raises(VerificationError):
-        await download(srv.url(NAME), directory=tmp_path, settings=settings(), checksum=wrong)
+WRONG = Checksum("sha256", hashlib.sha256(b"something else").hexdigest())
+
+
+@pytest.mark.parametrize("faults", [{}, {"norange": 1}], ids=["ranged", "stream"])
+async def test_checksum_mismatch_keeps_the_file_and_a_rerun_only_verifies(
+    srv: RangeServer, tmp_path: Path, faults: dict[str, Any]
+) -> None:
+    url = srv.url(NAME, **faults)
+    with pytest.raises(VerificationError) as info:
+        await download(url, directory=tmp_path, settings=settings(), checksum=WRONG)
+    part, record = tmp_path / f"{NAME}.part", tmp_path / f"{NAME}.part.json"
+    message = str(info.value)
+    assert "sha256 mismatch" in message and SHA in message  # what was expected, and what came
+    assert f"kept the downloaded {part.resolve()}" in message and "run again with the right --checksum" in message
+    assert not (tmp_path / NAME).exists()
+    assert sha256(part) == SHA
+    saved = json.loads(record.read_text())  # marked complete: every range done
+    chunk = saved["chunk_size"]
+    assert {parse_range(text) for text in saved["done"]} == set(planned(len(DATA), chunk))
+
+    first = len(srv.requests)
+    result = await download(url, directory=tmp_path, settings=settings(), checksum=Checksum("sha256", SHA))
+    assert_ok(result)
+    assert result.resumed == len(DATA)
+    again = srv.requests[first:]
+    # The probe only: no range GET, no plain GET of the file.
+    assert range_gets(again) == []
+    assert [r.headers.get("range") for r in again if r.method == "GET"] == ["bytes=0-0"]
+
+
+async def test_a_kept_file_with_another_wrong_checksum_is_kept_again(srv: RangeServer, tmp_path: Path) -> None:
+    for _ in range(2):
+        with pytest.raises(VerificationError, match="kept the downloaded"):
+            await download(srv.url(NAME), directory=tmp_path, settings=settings(), checksum=WRONG)
+    assert len(range_gets(srv.requests)) == len(planned(len(DATA)))  # fetched once
+    result = await download(srv.url(NAME), directory=tmp_path, settings=settings())  # no checksum: size and sha256
+    assert_ok(result)
+    assert len(range_gets(srv.requests)) == len(planned(len(DATA)))
+
+
+async def test_checksum_mismatch_without_validators_removes_part(srv: RangeServer, tmp_path: Path) -> None:
+    # Nothing would tell a rerun that the remote file is still the same: keeping it would not help.
+    with pytest.raises(VerificationError) as info:
+        await download(srv.url(NAME, no_validators=1), directory=tmp_path, settings=settings(), checksum=WRONG)
+    assert "kept" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_kept_file_is_not_reused_once_the_remote_changed(srv: RangeServer, tmp_path: Path) -> None:
+    with pytest.raises(VerificationError):
+        await download(srv.url(NAME), directory=tmp_path, settings=settings(), checksum=WRONG)
+    new = os.urandom(len(DATA))
+    srv.add_file(NAME, new)  # same size, new ETag
+    result = await download(srv.url(NAME), directory=tmp_path, settings=settings())
+    assert_ok(result, new)
+    assert result.resumed == 0
 
 
 # --- resuming -------------------------------------------------------------------

@@ -34,6 +34,14 @@ from rangefetch.names import DEFAULT_NAME, filename_from_disposition, filename_f
         ("dir/", None),
         ("\x00\x01", None),
         (" . ", None),
+        # C1 controls: CSI (U+009B) starts a terminal sequence as ESC [ does; NEL (U+0085) breaks lines.
+        ("a\u009b31mb\u0085.txt", "a31mb.txt"),
+        ("\u0080\u009f", None),
+        # Bidirectional controls: "invoice\u202etxt.exe" shows as "invoiceexe.txt".
+        ("invoice\u202etxt.exe", "invoicetxt.exe"),
+        ("\u2066x\u2069\u200e\u200f\u061c\u202a\u202b\u202c\u202d.txt", "x.txt"),
+        ("line\u2028para\u2029.txt", "linepara.txt"),
+        ("café ﷺ ✓.txt", "café ﷺ ✓.txt"),  # everything else is kept
     ],
 )
 def test_safe_name(name: str | None, expected: str | None) -> None:
@@ -64,6 +72,7 @@ def test_safe_name_is_cut_to_a_length_the_filesystem_takes_with_suffixes() -> No
         ("attachment; filename*=UTF-8''..%2F..%2F.bashrc", "bashrc"),
         ('attachment; filename="..\\\\..\\\\evil.exe"', "evil.exe"),
         ('attachment; filename="a\x01b\x1f.txt"', "ab.txt"),
+        ("attachment; filename*=UTF-8''evil%E2%80%AEtxt.exe%C2%9B", "eviltxt.exe"),
         ("attachment; filename*0=\"foo.\"; filename*1=\"html\"", "foo.html"),
         ("attachment", None),
         ('attachment; filename=""', None),
@@ -161,3 +170,42 @@ def test_directory_target_is_refused(tmp_path: Path) -> None:
         resolve_output(tmp_path, ".")
     with pytest.raises(UnsafePathError, match="directory"):
         resolve_output(tmp_path, None, candidates=("sub",))
+
+
+@pytest.mark.parametrize("output", ["newdir/", "newdir/.", "sub/newdir/", "/abs/dir/", "."])
+def test_output_ending_in_a_slash_names_a_directory(tmp_path: Path, output: str) -> None:
+    with pytest.raises(UnsafePathError, match="names a directory") as info:
+        resolve_output(tmp_path, output, confine=False)
+    assert info.value.exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_name_leaves_room_for_the_longest_suffix(tmp_path: Path) -> None:
+    assert resolve_output(tmp_path, "n" * 241) == tmp_path.resolve() / ("n" * 241)
+    with pytest.raises(UsageError, match=r"is 242 bytes long: at most 241 bytes, to leave room for '.part.json.tmp'"):
+        resolve_output(tmp_path, "n" * 242)
+    with pytest.raises(UsageError, match="is 246 bytes long"):  # bytes, not characters
+        resolve_output(tmp_path, "é" * 123)
+
+
+def test_a_directory_name_too_long_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="is 256 bytes long: at most 255 bytes"):
+        resolve_output(tmp_path, "d" * 256 + "/f.bin")
+
+
+def test_a_path_too_long_is_refused(tmp_path: Path) -> None:
+    deep = "/".join(["d" * 200] * 21) + "/f.bin"  # each name fine, 4200 bytes in all
+    with pytest.raises(UsageError, match="output path is too long"):
+        resolve_output(tmp_path, deep)
+
+
+def test_a_directory_too_long_is_refused_for_server_names(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="at most 255 bytes"):
+        resolve_output(tmp_path / ("d" * 256), None, candidates=("f.bin",))
+
+
+def test_a_symlink_loop_is_refused(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(UsageError, match="cannot be used"):
+        resolve_output(tmp_path, "a/f.bin")

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rangefetch import Range, UsageError, choose_chunk_size, parse_size, plan_ranges
-from rangefetch.plan import MAX_CHUNK, MAX_RANGES, MIN_CHUNK, MiB
+from rangefetch.plan import MAX_CHUNK, MAX_RANGES, MIN_CHUNK, MIN_REQUESTED_CHUNK, KiB, MiB, check_chunk_size
 
 PiB = 1024**5
 
@@ -122,6 +122,53 @@ def test_chunk_size_examples() -> None:
 def test_chunk_size_rejects_bad_arguments(size: int, connections: int, per_connection: int) -> None:
     with pytest.raises(ValueError):
         choose_chunk_size(size, connections, per_connection=per_connection)
+
+
+# --- a chunk size the user asked for -------------------------------------------------
+
+
+@given(
+    size=st.integers(min_value=0, max_value=PiB),
+    requested=st.integers(min_value=MIN_REQUESTED_CHUNK, max_value=4 * 1024 * MiB),
+    connections=st.integers(min_value=1, max_value=256),
+)
+def test_a_requested_chunk_size_is_kept_unless_it_makes_too_many_ranges(
+    size: int, requested: int, connections: int
+) -> None:
+    chunk = choose_chunk_size(size, connections, requested=requested)
+    assert count(size, chunk) <= MAX_RANGES
+    if count(size, requested) <= MAX_RANGES:
+        assert chunk == requested
+    else:
+        # Grown as little as the cap needs, in whole multiples of the floor.
+        assert chunk > requested and chunk % MIN_REQUESTED_CHUNK == 0
+        assert count(size, chunk - MIN_REQUESTED_CHUNK) > MAX_RANGES
+
+
+def test_requested_chunk_size_examples() -> None:
+    assert choose_chunk_size(100 * MiB, 16, requested=64 * KiB) == 64 * KiB  # 1,600 ranges: kept
+    assert choose_chunk_size(300 * 10**6, 16, requested=64 * KiB) == 64 * KiB  # 4,578 ranges
+    # 100 GiB at 64 KiB would be 1,638,400 ranges: 9,991 of 10.25 MiB (a multiple of 64 KiB) instead.
+    assert choose_chunk_size(100 * 1024 * MiB, 16, requested=64 * KiB) == 10496 * KiB
+    assert count(100 * 1024 * MiB, 10496 * KiB) == 9991
+
+
+@pytest.mark.parametrize("requested", [1, 1024, MIN_REQUESTED_CHUNK - 1])
+def test_a_requested_chunk_size_below_the_floor_is_a_usage_error(requested: int) -> None:
+    with pytest.raises(UsageError, match="too small: use at least 64K") as info:
+        check_chunk_size(requested)
+    assert info.value.exit_code == 2
+    with pytest.raises(UsageError):
+        choose_chunk_size(10 * MiB, 4, requested=requested)
+
+
+def test_check_chunk_size_passes_what_is_fine() -> None:
+    assert check_chunk_size(None) is None
+    assert check_chunk_size(MIN_REQUESTED_CHUNK) == MIN_REQUESTED_CHUNK
+    with pytest.raises(UsageError, match="chunk size 1K is too small"):
+        check_chunk_size(1024)
+    with pytest.raises(UsageError, match="chunk size 1000 bytes is too small"):
+        check_chunk_size(1000)
 
 
 # --- Range ----------------------------------------------------------------------

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rangefetch import DownloadError, FileWriter, PartFile, allocate
+from rangefetch import DownloadError, FileWriter, NoSpaceError, PartFile, allocate
+from rangefetch.sink import check_space
 
 DATA = os.urandom(200_000)
 
@@ -307,3 +308,52 @@ def test_part_file_refuses_a_planted_symlink(tmp_path: Path) -> None:
     with pytest.raises(DownloadError):
         part.open(16, keep=False)
     assert outside.read_bytes() == b"precious"
+
+
+# --- free space and failures that keep what is worth keeping --------------------------
+
+
+def test_check_space_refuses_what_cannot_fit(fd: int) -> None:
+    st = os.fstatvfs(fd)
+    free = st.f_bavail * st.f_frsize
+    check_space(fd, 0)
+    check_space(fd, min(free, 4096))
+    with pytest.raises(NoSpaceError, match=r"not enough free space: needs 1024\.0 TiB, .* free"):
+        check_space(fd, 1024**5)
+
+
+def test_allocate_of_more_than_is_free_writes_nothing(fd: int) -> None:
+    with pytest.raises(NoSpaceError, match="needs"):
+        allocate(fd, 1024**5)
+    st = os.fstat(fd)
+    assert (st.st_size, st.st_blocks) == (0, 0)
+
+
+def test_open_that_cannot_allocate_leaves_no_part_file(tmp_path: Path) -> None:
+    part = PartFile(tmp_path / "f.bin")
+    with pytest.raises(NoSpaceError, match=f"cannot allocate {part.part}: not enough free space: needs"):
+        part.open(1024**5, keep=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_full_disk_while_writing_is_no_space(fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate(os.pwrite, fail=OSError(errno.ENOSPC, "No space left on device"))
+    gate.open.set()
+    monkeypatch.setattr(os, "pwrite", gate)
+    with pytest.raises(NoSpaceError, match="writing the file failed: No space left on device"):
+        async with FileWriter(fd) as writer:
+            await writer.write(0, b"data")
+            await writer.flush()
+
+
+def test_commit_onto_a_directory_keeps_the_part_and_its_record(tmp_path: Path) -> None:
+    part = PartFile(tmp_path / "f.bin")
+    fd = part.open(10, keep=False)
+    os.close(fd)
+    part.record.write_text("{}")
+    part.final.mkdir()
+    (part.final / "inside").write_text("x")
+    with pytest.raises(DownloadError, match="cannot rename .* Is a directory") as info:
+        part.commit()
+    assert "\n" not in str(info.value)
+    assert part.part.stat().st_size == 10 and part.record.exists()
