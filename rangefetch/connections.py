@@ -217,7 +217,12 @@ class _LinkRetry(Retry):
             except self._supported_errors as error:
                 failures += 1
                 self.link.failed(error, in_a_row=failures)
-                await fail(error)
+                try:
+                    await fail(error)
+                except self._supported_errors as again:
+                    # The callback reconnects (pub/sub does) and Redis is still
+                    # away: one more failure of the same call, not the end of it.
+                    error = again
                 if self.link.gives_up(error):
                     raise error
                 await asyncio.sleep(self._backoff.compute(failures))

@@ -40,7 +40,7 @@ from redis.exceptions import AuthenticationError, BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redisserver import RedisServer, free_port
 
-from rangefetch import QueueError, Settings
+from rangefetch import QueueError, Settings, connections
 from rangefetch.connections import FIRST_CONTACT_TIMEOUT, RedisLink, open_redis, redis_settings
 from rangefetch.state import DownloadState
 from rangefetch.store import Store
@@ -112,6 +112,28 @@ def test_a_reached_link_retries_within_its_outage_budget_but_never_a_wrong_passw
     link.ok()
     assert not link.gives_up(refused)
     assert link.gives_up(AuthenticationError("invalid username-password pair"))
+
+
+async def test_a_reconnect_that_fails_inside_the_retry_is_one_more_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pub/sub's error callback reconnects; while Redis restarts that reconnect
+    # fails too (refused, or reset during AUTH/SELECT).  The call goes on.
+    monkeypatch.setattr(connections, "BACKOFF_BASE", 0.0)
+    link = RedisLink("redis://127.0.0.1:1/0", outage=60)
+    link.reached = True
+    retry = connections._LinkRetry(link)
+    tries: list[int] = []
+
+    async def do() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            raise RedisConnectionError("Error while reading from 127.0.0.1:1 : (104, 'Connection reset by peer')")
+        return "ok"
+
+    async def fail(error: Exception) -> None:
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    assert await retry.call_with_retry(do, fail) == "ok"
+    assert len(tries) == 3 and link.away_since is None
 
 
 def test_every_connection_of_a_pool_reports_to_one_link(tmp_path: Path) -> None:
