@@ -210,7 +210,9 @@ class TLSStream(httpcore.AsyncNetworkStream):
                         await self._flush(timeout)
                         data = await self._raw.receive(self._read_size, timeout)
                         if not data:
-                            raise httpcore.ConnectError("the server closed the connection during the TLS handshake")
+                            raise httpcore.ConnectError(
+                                "the server closed the connection during the TLS handshake"
+                            ) from None
                         self._incoming.write(data)
                 await self._flush(timeout)
         except ssl.SSLError as exc:

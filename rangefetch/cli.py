@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 import pydantic
 
-from . import _end_quiet_interrupts
+from ._startup import end_quiet_interrupts
 from .client import parse_header
 from .display import show_progress
 from .download import download
@@ -52,7 +52,7 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine, turning our errors into a one-line message and an exit code."""
     # Until here a Ctrl-C ended the command with one line (rangefetch/__init__.py);
     # from here on it cancels the coroutine, which cleans up, and ends below.
-    _end_quiet_interrupts()
+    end_quiet_interrupts()
     try:
         return asyncio.run(coro_fn())
     except RangefetchError as exc:

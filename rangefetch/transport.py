@@ -51,12 +51,11 @@ import logging
 import ssl
 import typing
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import unquote, urlsplit
 
 import h11
 import httpcore
 import httpx
-
-from urllib.parse import unquote, urlsplit
 
 from .backend import DirectBackend, DirectStream, TLSStream
 
@@ -284,7 +283,10 @@ class Proxy(typing.NamedTuple):
 
 
 class _DirectConnection(httpcore.AsyncConnectionInterface):
-    """One connection of the fast pool: connects on first use (through ``proxy``, with TLS for https), then is a ``_FastHTTP11Connection``."""
+    """One connection of the fast pool: connects on first use, then is a ``_FastHTTP11Connection``.
+
+    It connects through ``proxy`` when there is one, and runs TLS for https.
+    """
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import fakeredis
@@ -171,6 +171,38 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+# --- real worker processes (tests/distributed_helpers.py) ---------------------
+
+from distributed_helpers import WorkerProcess, worker_env  # noqa: E402
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def download_dir(tmp_path: Path) -> Path:
+    """An empty download directory shared by the producer and the workers of one test."""
+    d = tmp_path / "downloads"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def start_worker(redis_url: str, download_dir: Path, tmp_path: Path) -> Iterator[StartWorker]:
+    """Start ``rangefetch worker`` processes: ``start(*args, **env)``; all are stopped, their logs shown, at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, **env: str) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        proc = WorkerProcess(worker_env(redis_url, download_dir, **env), log, *args)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+        print(f"---- {proc.log.name} ----\n{proc.output()[-4000:]}")
 
 
 # --- end of redis fixtures ----------------------------------------------------

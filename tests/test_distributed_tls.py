@@ -18,14 +18,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import fakeredis
 import httpx
 import pytest
-from distributed_helpers import WorkerProcess, file_sha256, worker_env
+from distributed_helpers import file_sha256, worker_env
 from proxyserver import TinyProxy
 from rangeserver import RangeServer
 
@@ -158,33 +158,9 @@ async def test_a_download_client_verifies_with_the_download_ca(
 
 
 @pytest.fixture
-def download_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "downloads"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
 def env(redis_url: str, download_dir: Path) -> dict[str, str]:
     """The producer commands' environment: no CA and no proxy of their own."""
     return worker_env(redis_url, download_dir, RANGEFETCH_CHUNK_SIZE="64K")
-
-
-@pytest.fixture
-def start_worker(redis_url: str, download_dir: Path, tmp_path: Path) -> Iterator[Any]:
-    """Start ``rangefetch worker`` processes (no CA setting); all are stopped, their logs shown, at the end."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str, **extra: str) -> WorkerProcess:
-        log = tmp_path / f"worker-{len(started)}.log"
-        proc = WorkerProcess(worker_env(redis_url, download_dir, **extra), log, *args)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-        print(f"---- {proc.log.name} ----\n{proc.output()[-4000:]}")
 
 
 def rangefetch(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -279,13 +279,6 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-def download_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "dl"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def worker(redis_url: str, download_dir: Path, tmp_path: Path) -> Iterator[WorkerProcess]:
     """One ``rangefetch worker -v`` process (debug logs: the most it ever says)."""
     proc = WorkerProcess(worker_env(redis_url, download_dir), tmp_path / "worker.log", "-v")

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,6 @@ from distributed_helpers import (
     start_download,
     wait_finished,
     wait_for,
-    worker_env,
 )
 from rangeserver import RangeServer
 from redis.asyncio.retry import Retry
@@ -55,34 +54,10 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def download_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "downloads"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
 async def pool(redis_url: str) -> AsyncIterator[ArqRedis]:
     p = await arq_pool(redis_url)
     yield p
     await p.aclose()
-
-
-@pytest.fixture
-def start_worker(redis_url: str, download_dir: Path, tmp_path: Path) -> Iterator[StartWorker]:
-    """Start ``rangefetch worker`` processes; all are stopped (and their logs shown) at the end."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str, **env: str) -> WorkerProcess:
-        log = tmp_path / f"worker-{len(started)}.log"
-        proc = WorkerProcess(worker_env(redis_url, download_dir, **env), log, *args)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-        print(f"---- {proc.log.name} ----\n{proc.output()[-4000:]}")
 
 
 async def progressed(store: Store, spec: DownloadSpec, *, at_least: int = 1) -> bool:
