@@ -24,6 +24,7 @@ from __future__ import annotations
 import array
 import asyncio
 import fcntl
+import os
 import select
 import socket
 import ssl
@@ -33,7 +34,7 @@ from collections.abc import Iterable
 
 import httpcore
 
-__all__ = ["PARTIAL_RECORD_DELAY", "TLS_FEED", "DirectBackend", "DirectStream", "TLSStream"]
+__all__ = ["PARTIAL_RECORD_DELAY", "TLS_FEED", "DirectBackend", "DirectStream", "TLSStream", "os_reason"]
 
 # Bytes of ciphertext moved from the socket to OpenSSL at a time, through one
 # buffer per backend; each connection's input buffer in OpenSSL grows to this.
@@ -46,6 +47,17 @@ PARTIAL_RECORD_DELAY = 0.01
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def os_reason(error: OSError) -> str:
+    """Why ``error`` happened, in the system's words: "Connection refused", "Name or service not known".
+
+    asyncio words a refused connect its own way ("Connect call failed
+    ('127.0.0.1', 9)"); a resolver error's errno is negative, not an errno.
+    """
+    if error.errno is not None and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or str(error) or type(error).__name__
 
 
 class DirectStream(httpcore.AsyncNetworkStream):
@@ -392,9 +404,10 @@ class DirectBackend(httpcore.AsyncNetworkBackend):
         except OSError as exc:
             if cm.expired():
                 raise httpcore.ConnectTimeout(f"could not connect to {host}:{port} within {timeout} s") from exc
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        detail = "; ".join(str(e) for e in errors) or "no address"
-        raise httpcore.ConnectError(f"could not connect to {host}:{port}: {detail}") from (
+            raise httpcore.ConnectError(os_reason(exc)) from exc
+        # The cause alone ("Connection refused"): the caller names the host.
+        detail = "; ".join(os_reason(e) for e in errors) or "no address"
+        raise httpcore.ConnectError(detail) from (
             errors[-1] if errors else None
         )
 

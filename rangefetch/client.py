@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
+from .backend import os_reason
 from .errors import (
     ConnectionLostError,
     DownloadError,
@@ -30,6 +32,8 @@ from .transport import FastTransport, read_size_for
 __all__ = ["BASE_HEADERS", "ProxyRouter", "check_url", "make_client", "parse_header", "translate_error"]
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=BaseException)
 
 # The bytes on disk must be the file's bytes, not a compressed
 # representation of them (RFC 9110 §12.5.3): always ask for identity.
@@ -150,23 +154,38 @@ class ProxyRouter(httpx.AsyncBaseTransport):
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             if _tls_cause(exc) is not None:
                 raise  # the tunnel stood; the origin's TLS failed
-            raise httpx.ProxyError(f"could not connect to the proxy {_host(proxy)}: {exc}") from exc
+            raise httpx.ProxyError(f"could not connect to the proxy {_host(proxy)}: {_connect_detail(exc)}") from exc
 
     async def aclose(self) -> None:
         for transport in self._transports.values():
             await transport.aclose()
 
 
-def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
-    """The ``ssl.SSLError`` behind ``exc``, following ``__cause__``/``__context__``."""
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` behind ``exc`` (itself included), following ``__cause__``/``__context__``."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLError):
+        if isinstance(current, kind):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind ``exc``."""
+    return _cause(exc, ssl.SSLError)
+
+
+def _connect_detail(exc: BaseException) -> str:
+    """Why a connection could not be made, in the system's words ("Connection refused").
+
+    asyncio and anyio word it their own way ("Connect call failed ('127.0.0.1', 9)",
+    "All connection attempts failed"); the errno behind it says it plainly.
+    """
+    error = _cause(exc, OSError)
+    return os_reason(error) if error is not None else str(exc) or type(exc).__name__
 
 
 def _tls_message(error: ssl.SSLError, url: str) -> str:
@@ -178,9 +197,20 @@ def _tls_message(error: ssl.SSLError, url: str) -> str:
             what = f"the certificate of {host} is not valid for that name ({reason})"
         else:
             what = f"the certificate of {host} cannot be verified ({reason})"
+    elif error.reason == "WRONG_VERSION_NUMBER":
+        # What a plain-HTTP server's answer to a ClientHello looks like.
+        return f"{host} does not answer TLS (WRONG_VERSION_NUMBER); if it is a plain HTTP server, use http://"
+    elif error.reason in _VERSION_REASONS:
+        return f"no TLS version in common with {host} ({error.reason}): it offers none of TLS 1.2 and 1.3"
     else:
         what = f"TLS handshake with {host} failed ({error.reason or error})"
     return f"{what}; to trust its CA use --ca-certificate FILE, or --insecure to skip verification"
+
+
+# OpenSSL's reasons for a handshake that found no protocol version both sides speak.
+_VERSION_REASONS = frozenset(
+    {"UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE", "VERSION_TOO_LOW"}
+)
 
 
 # The words h11 and httpcore use for a peer that went away in the middle of
@@ -226,7 +256,7 @@ def translate_error(exc: Exception, *, url: str, range: Range | None = None) -> 
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and (tls := _tls_cause(exc)) is not None:
         return TLSError(_tls_message(tls, url), url=url, range=range)
     if isinstance(exc, httpx.ConnectError):
-        detail = str(exc) or type(exc).__name__
+        detail = _connect_detail(exc)
         return UnreachableError(f"could not connect to {_host(url)}: {detail}{where}", url=url, range=range)
     if isinstance(exc, httpx.TimeoutException):
         if isinstance(exc, httpx.ConnectTimeout):

@@ -195,7 +195,7 @@ async def test_https_to_a_plain_server_is_a_tls_error(srv: RangeServer) -> None:
         with pytest.raises(httpx.ConnectError) as info:
             await http.get(url)
     error = translate_error(info.value, url=url)
-    assert isinstance(error, TLSError) and "--ca-certificate FILE" in str(error) and "--insecure" in str(error)
+    assert isinstance(error, TLSError) and "does not answer TLS" in str(error) and "use http://" in str(error)
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
@@ -338,3 +338,22 @@ async def test_a_reused_connection_closed_by_the_server_is_retried_at_once() -> 
             response = await http.get(f"http://127.0.0.1:{port}/x")
             assert response.content == body
     assert connections == 3
+
+
+@pytest.mark.parametrize(
+    ("reason", "says"),
+    [
+        ("UNSUPPORTED_PROTOCOL", "no TLS version in common"),
+        ("TLSV1_ALERT_PROTOCOL_VERSION", "no TLS version in common"),
+        ("WRONG_VERSION_NUMBER", "does not answer TLS"),
+        ("SSLV3_ALERT_HANDSHAKE_FAILURE", "--ca-certificate FILE"),
+    ],
+)
+def test_tls_handshake_failures_name_their_cause(reason: str, says: str) -> None:
+    cause = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower()}")
+    cause.reason = reason
+    try:
+        raise httpx.ConnectError("handshake failed") from cause
+    except httpx.ConnectError as exc:
+        error = translate_error(exc, url="https://mirror.example:8443/f")
+    assert isinstance(error, TLSError) and says in str(error) and "mirror.example:8443" in str(error)
