@@ -96,9 +96,9 @@ class DirectStream(httpcore.AsyncNetworkStream):
         sock = self._sock
         try:
             while True:
-                fcntl.ioctl(sock, termios.FIONREAD, self._avail)
-                if self._avail[0]:
-                    return sock.recv(min(self._avail[0], max_bytes))
+                queued = self.queued()
+                if queued:
+                    return sock.recv(min(queued, max_bytes))
                 try:
                     return sock.recv(max_bytes)  # nothing queued: EOF, an error, or BlockingIOError
                 except BlockingIOError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,6 +21,7 @@ from .errors import (
     TLSError,
     UnreachableError,
     UsageError,
+    cause_of,
 )
 from .network import Trust, proxy_for, ssl_context
 from .plan import Range
@@ -32,8 +32,6 @@ from .transport import FastTransport, read_size_for
 __all__ = ["BASE_HEADERS", "ProxyRouter", "check_url", "make_client", "parse_header", "translate_error"]
 
 log = logging.getLogger(__name__)
-
-E = TypeVar("E", bound=BaseException)
 
 # The bytes on disk must be the file's bytes, not a compressed
 # representation of them (RFC 9110 §12.5.3): always ask for identity.
@@ -161,21 +159,9 @@ class ProxyRouter(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
-def _cause(exc: BaseException, kind: type[E]) -> E | None:
-    """The first exception of ``kind`` behind ``exc`` (itself included), following ``__cause__``/``__context__``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
 def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
     """The ``ssl.SSLError`` behind ``exc``."""
-    return _cause(exc, ssl.SSLError)
+    return cause_of(exc, ssl.SSLError)
 
 
 def _connect_detail(exc: BaseException) -> str:
@@ -184,7 +170,7 @@ def _connect_detail(exc: BaseException) -> str:
     asyncio and anyio word it their own way ("Connect call failed ('127.0.0.1', 9)",
     "All connection attempts failed"); the errno behind it says it plainly.
     """
-    error = _cause(exc, OSError)
+    error = cause_of(exc, OSError)
     return os_reason(error) if error is not None else str(exc) or type(exc).__name__
 
 

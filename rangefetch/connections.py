@@ -36,7 +36,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -47,7 +47,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadin
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import QueueError, UsageError
+from .errors import QueueError, UsageError, causes
 from .redact import redact_url
 from .settings import Settings
 
@@ -150,7 +150,7 @@ class RedisLink:
             return f"not authorized: {_one_line(error)}"
         if isinstance(error, BusyLoadingError):
             return "Redis is still loading its data"
-        for exc in _chain(error):
+        for exc in causes(error):
             # Not only ConnectionRefusedError: asyncio raises a plain OSError when it tried several addresses.
             if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
                 return "connection refused"
@@ -282,16 +282,6 @@ def _password(url: str) -> str | None:
         return urlsplit(url).password
     except ValueError:
         return None
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and the exceptions it was raised from or during (redis-py wraps OSErrors)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 def _one_line(error: BaseException) -> str:

@@ -31,7 +31,8 @@ boundary (``raise ... from exc``) so callers only ever catch ours::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .plan import Range
@@ -62,6 +63,8 @@ __all__ = [
     "VerificationError",
     "collapse",
 ]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class RangefetchError(Exception):
@@ -228,3 +231,18 @@ def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     if len(ours) > 1:
         primary.message = f"{primary.message} (and {len(ours) - 1} more failures)"
     return primary
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or during (``__cause__``, else ``__context__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def cause_of(error: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` among ``causes(error)``, or ``None``."""
+    return next((exc for exc in causes(error) if isinstance(exc, kind)), None)
