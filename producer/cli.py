@@ -8,6 +8,7 @@ once, opens Redis and calls the library in ``enqueue``, ``monitor`` and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,8 +20,8 @@ from typing import Any, TypeVar
 import click
 from arq.connections import ArqRedis
 
-from rangefetch import Checksum, Settings, Tracker, hash_fd, parse_header
-from rangefetch.cli import build_settings, network_options, request_options, run, setup_logging
+from rangefetch import Checksum, Settings, TimeLimitError, Tracker, hash_fd, parse_header
+from rangefetch.cli import build_settings, max_time_option, network_options, request_options, run, setup_logging
 from rangefetch.connections import open_redis
 from rangefetch.display import show_progress
 from rangefetch.errors import RangefetchError
@@ -142,14 +143,19 @@ def status(download_id: str | None, live: bool, as_json: bool, redis_url: str | 
 
 @click.command()
 @click.argument("download_id")
+@max_time_option
 @_common
-def wait(download_id: str, redis_url: str | None, verbose: int) -> None:
-    """Block until a download ends: exit 0 when complete, 1 when failed or cancelled."""
+def wait(download_id: str, max_time: float | None, redis_url: str | None, verbose: int) -> None:
+    """Block until a download ends: exit 0 when complete, 1 when failed or cancelled.
+
+    With --max-time it stops waiting after that many seconds (exit 1); the
+    download continues on the workers.
+    """
     setup_logging(verbose)
 
     async def main() -> None:
-        settings = build_settings(redis_url=redis_url)
-        async with _connect(settings, patient=True) as redis:
+        settings = build_settings(redis_url=redis_url, max_time=max_time)
+        async with _max_time(settings.max_time, lambda: download_id), _connect(settings, patient=True) as redis:
             record = await follow(Store(redis), download_id)
         outcome(record)
         path = settings.download_dir.resolve() / record["path"]
@@ -205,27 +211,38 @@ async def distributed_get(
 ) -> int:
     """``rangefetch get --redis``: enqueue, follow the progress, and exit like ``wait``.
 
-    Prints ``<sha256>  <path>`` on success and returns the exit code.
+    Prints ``<sha256>  <path>`` on success and returns the exit code.  The
+    progress display shows the workers' retry waits ("retrying in 4 s (HTTP
+    503)", ``Store.note_retry``).
 
     Raises:
         RangefetchError: enqueuing failed (bad URL or path, probe, Redis).
+        TimeLimitError: ``settings.max_time`` ran out (the download continues).
     """
-    async with _connect(settings, patient=True) as redis:
-        result = await enqueue_download(
-            url, settings=settings, redis=redis, output=output, directory=directory,
-            headers=headers, checksum=checksum,
-        )  # fmt: skip
-        if not quiet:
-            click.echo(f"rangefetch: download {result.id} queued ({result.added} jobs)", err=True)
-        tracker = Tracker()
+    queued: list[str] = []
+    async with _max_time(settings.max_time, lambda: queued[0] if queued else None):
+        async with _connect(settings, patient=True) as redis:
+            result = await enqueue_download(
+                url, settings=settings, redis=redis, output=output, directory=directory,
+                headers=headers, checksum=checksum,
+            )  # fmt: skip
+            queued.append(result.id)
+            if not quiet:
+                click.echo(f"rangefetch: download {result.id} queued ({result.added} jobs)", err=True)
+            tracker = Tracker()
+            noted: list[float] = []
 
-        def update(record: dict[str, Any]) -> None:
-            if tracker.total is None:
-                tracker.start(record["totalLength"], record["completedLength"])
-            tracker.advance(record["completedLength"] - tracker.done)
+            def update(record: dict[str, Any]) -> None:
+                if tracker.total is None:
+                    tracker.start(record["totalLength"], record["completedLength"])
+                tracker.advance(record["completedLength"] - tracker.done)
+                at = record.get("retryAt")
+                if at is not None and at not in noted:  # a new wait: the display shows it until bytes flow
+                    noted[:] = [at]
+                    tracker.retrying(record["retryIn"], record["retryReason"])
 
-        async with show_progress(tracker, "rangefetch", quiet=quiet):
-            record = await follow(Store(redis), result.id, on_status=update)
+            async with show_progress(tracker, "rangefetch", quiet=quiet):
+                record = await follow(Store(redis), result.id, on_status=update)
     try:
         outcome(record)
     except RangefetchError as exc:
@@ -234,6 +251,33 @@ async def distributed_get(
     digest = record["sha256"] or await _sha256(result.path)
     click.echo(f"{digest}  {result.path}")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _max_time(seconds: float | None, download_id: Callable[[], str | None]) -> AsyncIterator[None]:
+    """Bound the block to ``seconds`` (``--max-time``, ``None``: no limit).
+
+    Only the command gives up: the download it follows continues on the
+    workers, as after Ctrl-C, since it may be shared (enqueuing the same URL
+    and output again joins it).  ``rangefetch cancel`` stops it.
+
+    Raises:
+        TimeLimitError: the time ran out; the message names the download (``download_id()``).
+    """
+    try:
+        async with asyncio.timeout(seconds) as deadline:
+            yield
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise
+        said = f"gave up after {seconds:g} s (--max-time)"
+        gid = download_id()
+        if gid is None:
+            raise TimeLimitError(f"{said}, before the download was queued") from exc
+        raise TimeLimitError(
+            f"{said}; download {gid} continues on the workers: "
+            f"`rangefetch wait {gid}` follows it, `rangefetch cancel {gid}` stops it"
+        ) from exc
 
 
 async def _sha256(path: Path) -> str:

@@ -12,6 +12,11 @@ the download starts over.
 Output paths always lie inside ``Settings.download_dir``, the volume the
 workers share; Redis stores them relative to it.
 
+The chunk size keeps to embedded mode's bounds (``rangefetch.plan``): a
+``--chunk-size`` below ``MIN_REQUESTED_CHUNK`` is refused before any
+request, and one that would cut the file into more than ``MAX_RANGES``
+ranges is grown, as each range costs a job and some 60 Redis commands.
+
 How the server is verified is part of the download: ``Settings.insecure``
 and the CA certificates of ``Settings.ca_certificate`` (a file on this
 host, so its PEM text is stored, not its path) go into the
@@ -65,8 +70,10 @@ from rangefetch import (
     redact_url,
     resolve_output,
 )
-from rangefetch.fetch import headers_for
+from rangefetch.display import format_bytes
 from rangefetch.network import read_ca_pem
+from rangefetch.origin import headers_for
+from rangefetch.plan import MAX_RANGES, check_chunk_size
 from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
@@ -162,13 +169,15 @@ async def enqueue(
         client: an httpx client for the probe instead of one from ``settings``.
 
     Raises:
-        UsageError: a bad URL or flag, or a CA certificate file that cannot be read.
+        UsageError: a bad URL or flag (a chunk size below the floor), or a
+            CA certificate file that cannot be read.
         UnsafePathError: the output lies outside the download directory.
         PermanentError: the server cannot serve ranges; UnknownSizeError: no size.
         DownloadError: the probe failed, or the file cannot be created.
         QueueError: Redis failed.
     """
     check_url(url)
+    check_chunk_size(settings.chunk_size)
     base = settings.download_dir.resolve()
     resolve_target(base, None, output=output, directory=directory)  # fail fast, before the network
     ca_pem = await asyncio.to_thread(read_ca_pem, settings.ca_certificate) if settings.ca_certificate else None
@@ -191,9 +200,7 @@ async def enqueue(
         state = await store.state(did)  # another producer may have been first
         if state is not None and not state.finished:
             return await _enqueue_missing(store, settings, did, final)
-        chunk = settings.chunk_size or choose_chunk_size(
-            size, settings.connections, per_connection=DISTRIBUTED_RANGES_PER_CONNECTION
-        )
+        chunk = _chunk_size(size, settings)
         current = await store.spec(did)
         keep = False
         if current is not None and state is not DownloadState.COMPLETE:
@@ -263,6 +270,20 @@ async def _probe(url: str, settings: Settings, headers: dict[str, str], client: 
     finally:
         if client is None:
             await http.aclose()
+
+
+def _chunk_size(size: int, settings: Settings) -> int:
+    """The range length for a new download of ``size`` bytes: the one asked for, within embedded mode's bounds."""
+    requested = settings.chunk_size
+    chunk = choose_chunk_size(
+        size, settings.connections, per_connection=DISTRIBUTED_RANGES_PER_CONNECTION, requested=requested
+    )
+    if requested is not None and chunk != requested:
+        log.warning(
+            "chunk size %s would cut %s into more than %d ranges; using %s",
+            format_bytes(requested), format_bytes(size), MAX_RANGES, format_bytes(chunk),
+        )  # fmt: skip
+    return chunk
 
 
 def _distributable_size(remote: RemoteFile) -> int:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from rangefetch import CancelledDownloadError, DownloadError, Settings, UsageError, plan_ranges, redact_url
 from rangefetch.display import format_bytes
 from rangefetch.keys import finalize_job_id, range_job_id, state_channel
+from rangefetch.progress import RetryNote
 from rangefetch.queue import remove_jobs
 from rangefetch.state import DownloadState
 from rangefetch.store import Store, WorkerInfo
@@ -29,6 +30,7 @@ __all__ = [
     "format_status",
     "format_workers",
     "outcome",
+    "retry_note",
     "status",
     "statuses",
     "worker_record",
@@ -90,6 +92,9 @@ def format_status(record: dict[str, Any]) -> str:
         head.append(f"{format_bytes(record['downloadSpeed'])}/s")
     if record["eta"] is not None:
         head.append(f"ETA {_duration(record['eta'])}")
+    retry = retry_note(record)
+    if retry is not None:
+        head.append(str(retry))
     lines = [
         "  ".join(head),
         f"  ranges:  {record['rangesDone']}/{record['numPieces']} done, "
@@ -106,6 +111,13 @@ def format_status(record: dict[str, Any]) -> str:
     if record["sha256"]:
         lines.append(f"  sha256:  {record['sha256']}")
     return "\n".join(lines)
+
+
+def retry_note(record: dict[str, Any]) -> RetryNote | None:
+    """The retry wait a status record shows ("retrying in 4 s (HTTP 503)"), or ``None``."""
+    if record.get("retryReason") is None or record.get("retryIn") is None:
+        return None
+    return RetryNote(record["retryIn"], record["retryReason"])
 
 
 def worker_record(info: WorkerInfo, *, now: float | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from rich.progress import (
 from rangefetch.state import DownloadState
 from rangefetch.store import Store
 
-from .monitor import POLL_INTERVAL, format_status, statuses
+from .monitor import POLL_INTERVAL, format_status, retry_note, statuses
 
 __all__ = ["watch"]
 
@@ -99,6 +99,9 @@ async def _bars(store: Store, ids: Sequence[str], stream: TextIO, interval: floa
                 ranges = f"{r['rangesDone']}/{r['numPieces']} ranges, {r['rangesInFlight']} in flight"
                 if r["rangesFailed"]:
                     ranges += f", {r['rangesFailed']} failed"
+                retry = retry_note(r)
+                if retry is not None:
+                    ranges += f", {retry}"
                 if r["gid"] not in tasks:
                     tasks[r["gid"]] = bar.add_task(label, total=r["totalLength"], ranges=ranges, start=True)
                 bar.update(tasks[r["gid"]], description=label, completed=r["completedLength"], ranges=ranges)

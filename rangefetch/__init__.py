@@ -27,7 +27,9 @@ from .errors import (
     ServerBusyError,
     StallError,
     StateError,
+    TimeLimitError,
     TLSError,
+    TooSlowError,
     TransientError,
     UnknownSizeError,
     UnreachableError,
@@ -43,7 +45,7 @@ from .probe import RemoteFile, probe
 from .progress import Tracker
 from .redact import redact_headers, redact_url
 from .retry import Backoff
-from .settings import JobLimits, RetryPolicy, Settings, Timeouts
+from .settings import JobLimits, LowSpeed, RetryPolicy, Settings, Timeouts
 from .sink import FileWriter, PartFile, allocate
 from .verify import Checksum, hash_fd
 
@@ -60,6 +62,7 @@ __all__ = [
     "FileWriter",
     "HTTPStatusError",
     "JobLimits",
+    "LowSpeed",
     "MalformedResponseError",
     "NoSpaceError",
     "PartFile",
@@ -78,7 +81,9 @@ __all__ = [
     "StallError",
     "StateError",
     "TLSError",
+    "TimeLimitError",
     "Timeouts",
+    "TooSlowError",
     "Tracker",
     "TransientError",
     "Trust",

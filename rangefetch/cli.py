@@ -26,7 +26,16 @@ from .progress import Tracker
 from .settings import Settings
 from .verify import Checksum
 
-__all__ = ["build_settings", "main", "network_options", "request_options", "run", "setup_logging"]
+__all__ = [
+    "build_settings",
+    "main",
+    "max_time_option",
+    "network_options",
+    "request_options",
+    "run",
+    "setup_logging",
+    "speed_options",
+]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -129,6 +138,31 @@ _NETWORK_OPTIONS = (
 )  # fmt: skip
 
 
+def speed_options(fn: F) -> F:
+    """The low-speed rule, shared by ``get`` and ``worker`` (curl's names; aria2c's ``--lowest-speed-limit``)."""
+    for option in reversed(_SPEED_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+_SPEED_OPTIONS = (
+    click.option(
+        "-Y", "--speed-limit", "--lowest-speed-limit", "speed_limit", metavar="BYTES",
+        help="Re-open a connection slower than this many bytes/s over --speed-time, e.g. 10K (default 1K; 0: off).",
+    ),
+    click.option(
+        "-y", "--speed-time", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+        help="Seconds the --speed-limit is averaged over (default 30).",
+    ),
+)  # fmt: skip
+
+max_time_option = click.option(
+    "-m", "--max-time", type=click.FloatRange(min=0), metavar="SECONDS",
+    help="Give up after this many seconds in all (default: no limit; 0: none).",
+)  # fmt: skip
+"""``--max-time``, shared by ``get`` and ``wait``."""
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rangefetch")
 def cli() -> None:
@@ -144,6 +178,8 @@ def cli() -> None:
 )
 @request_options
 @network_options
+@speed_options
+@max_time_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("--redis", "redis_url", help="Run distributed through this Redis (default: RANGEFETCH_REDIS_URL).")
@@ -159,6 +195,9 @@ def get(
     no_proxy: str | None,
     ca_certificate: Path | None,
     insecure: bool | None,
+    speed_limit: str | None,
+    speed_time: float | None,
+    max_time: float | None,
     quiet: bool,
     verbose: int,
     redis_url: str | None,
@@ -167,6 +206,11 @@ def get(
 
     Embedded (one process) unless Redis is configured: then the ranges are
     enqueued for the workers and this command follows them like `wait`.
+    A connection slower than --speed-limit over --speed-time is re-opened
+    from its last byte (the workers' own rule applies with --redis).  After
+    --max-time seconds it gives up: embedded, the .part file and its record
+    stay for a rerun to resume; with --redis, the download continues on the
+    workers.
     """
     setup_logging(verbose, quiet)
 
@@ -176,9 +220,12 @@ def get(
         settings = build_settings(
             connections=connections, chunk_size=chunk_size, redis_url=redis_url,
             proxy=proxy, no_proxy=no_proxy, ca_certificate=ca_certificate, insecure=insecure,
+            speed_limit=speed_limit, speed_time=speed_time, max_time=max_time,
         )  # fmt: skip
         expected = Checksum.parse(checksum) if checksum else None
         extra = dict(parse_header(h) for h in headers)
+        if settings.redis_url and (speed_limit is not None or speed_time is not None):
+            raise UsageError("with --redis the workers fetch: give --speed-limit and --speed-time to the workers")
         if settings.redis_url:
             distributed = _plugin("distributed-get")
             code = await distributed(

@@ -29,13 +29,25 @@ from .redact import redact_url
 from .settings import Settings
 from .transport import FastTransport, read_size_for
 
-__all__ = ["BASE_HEADERS", "ProxyRouter", "check_url", "make_client", "parse_header", "translate_error"]
+__all__ = [
+    "BASE_HEADERS",
+    "MAX_REDIRECTS",
+    "ProxyRouter",
+    "check_url",
+    "make_client",
+    "parse_header",
+    "translate_error",
+]
 
 log = logging.getLogger(__name__)
 
 # The bytes on disk must be the file's bytes, not a compressed
 # representation of them (RFC 9110 §12.5.3): always ask for identity.
 BASE_HEADERS = {"Accept-Encoding": "identity"}
+
+# Redirects followed for one request, by the probe (``probe.follow``) and by
+# httpx for any other request of the client.
+MAX_REDIRECTS = 10
 
 
 def check_url(url: str) -> str:
@@ -111,8 +123,9 @@ def make_client(
         timeout=timeout,
         limits=limits,
         transport=ProxyRouter(lambda url: proxy_for(url, settings), transport_for),
-        follow_redirects=True,
-        max_redirects=10,
+        # Redirects are followed by probe.follow, whose rules keep credentials
+        # on their origin; a request that is not followed that way stops at a 3xx.
+        follow_redirects=False,
         headers={"User-Agent": settings.user_agent, **BASE_HEADERS, **(headers or {})},
         trust_env=False,
     )
@@ -243,10 +256,14 @@ def translate_error(exc: Exception, *, url: str, range: Range | None = None) -> 
         return TLSError(_tls_message(tls, url), url=url, range=range)
     if isinstance(exc, httpx.ConnectError):
         detail = _connect_detail(exc)
-        return UnreachableError(f"could not connect to {_host(url)}: {detail}{where}", url=url, range=range)
+        error = UnreachableError(f"could not connect to {_host(url)}: {detail}{where}", url=url, range=range)
+        error.reason = detail[:1].lower() + detail[1:]  # "connection refused", for "retrying in 4 s (...)"
+        return error
     if isinstance(exc, httpx.TimeoutException):
         if isinstance(exc, httpx.ConnectTimeout):
-            return UnreachableError(f"timed out connecting to {_host(url)}{where}", url=url, range=range)
+            error = UnreachableError(f"timed out connecting to {_host(url)}{where}", url=url, range=range)
+            error.reason = "connect timeout"
+            return error
         return StallError(f"no data from {_host(url)} within the stall timeout{where}", url=url, range=range)
     if isinstance(exc, httpx.TooManyRedirects):
         return ProtocolError(f"too many redirects for {redact_url(url)}", url=url, range=range)

@@ -1,9 +1,11 @@
 """Embedded mode: one process fetches every range of one file.
 
 ``download()`` probes, plans, runs ``connections`` fetchers in one task group
-(each pulls the next range off a shared queue, so fast connections take more
-ranges), checkpoints a resume record every few seconds, then verifies and
-renames.  The same ``fetch_range`` runs in the distributed workers.
+(each pulls the next range off a shared list, so fast connections take more
+ranges, and once the list is empty an idle one splits the slowest range in
+flight: ``segments.Scheduler``), checkpoints a resume record every few
+seconds (whole ranges and the fetched part of each running one), then
+verifies and renames.  The same ``fetch_range`` runs in the distributed workers.
 
 A file that was fetched whole but could not be delivered (the ``--checksum``
 given does not match, or the rename failed) is kept as ``NAME.part`` with a
@@ -15,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +29,15 @@ import httpx
 
 from .client import check_url, make_client
 from .display import format_bytes
-from .errors import DownloadError, NoSpaceError, VerificationError, collapse
+from .errors import DownloadError, NoSpaceError, TimeLimitError, TransientError, VerificationError, collapse
 from .fetch import fetch_range, fetch_stream
 from .names import filename_from_disposition, filename_from_url, resolve_output
-from .plan import MAX_RANGES, Range, check_chunk_size, choose_chunk_size, plan_ranges
+from .plan import MAX_RANGES, Range, check_chunk_size, choose_chunk_size, merge_ranges, missing_ranges
 from .probe import RemoteFile, probe
 from .progress import Tracker
 from .record import ResumeRecord
 from .retry import Backoff
+from .segments import Scheduler, Segment
 from .settings import Settings
 from .sink import FileWriter, PartFile
 from .verify import Checksum, PrefixHasher, verify_size
@@ -94,6 +97,8 @@ async def download(
     Raises:
         UsageError: bad URL, chunk size or output path (checked before any request).
         NoSpaceError: the file does not fit on its file system.
+        TimeLimitError: ``settings.max_time`` ran out; the ``.part`` file and
+            its record stay for a rerun to resume.
         DownloadError: the download failed; nothing is left at the final path.
     """
     settings = settings or Settings()
@@ -106,13 +111,21 @@ async def download(
     dest = resolve_output(base, output, confine=confine) if given else None
     own_client = client is None
     http = client or make_client(settings)
+    tracker = tracker or Tracker()
+    transfer: _Transfer | None = None
     try:
-        remote = await probe(http, url, headers=headers, backoff=Backoff(settings.retry))
-        if dest is None:
-            dest = resolve_output(base, None, candidates=output_candidates(remote), confine=True)
-        transfer = _Transfer(http, remote, dest, settings, dict(headers or {}), tracker or Tracker())
-        return await transfer.run(checksum)
+        # max_time bounds it all, probe included; the transfer's own cleanup
+        # (the last checkpoint of the resume record) runs as it is cancelled.
+        async with asyncio.timeout(settings.max_time) as deadline:
+            note = _RetryNote(tracker)
+            remote = await probe(http, url, headers=headers, backoff=Backoff(settings.retry, on_retry=note))
+            if dest is None:
+                dest = resolve_output(base, None, candidates=output_candidates(remote), confine=True)
+            transfer = _Transfer(http, remote, dest, settings, dict(headers or {}), tracker)
+            return await transfer.run(checksum)
     except OSError as exc:
+        if isinstance(exc, TimeoutError) and deadline.expired():
+            raise TimeLimitError(_out_of_time(settings.max_time, transfer)) from exc
         # Every expected failure is translated where it happens; this keeps
         # any other one (EIO, a file system gone read-only) to one line too.
         where = f" ({exc.filename})" if exc.filename else ""
@@ -120,6 +133,27 @@ async def download(
     finally:
         if own_client:
             await http.aclose()
+
+
+class _RetryNote:
+    """``Backoff``'s ``on_retry`` hook for embedded mode: the wait goes on the tracker for the display."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    async def __call__(self, delay: float, exc: TransientError) -> None:
+        self.tracker.retrying(delay, exc.reason)
+
+
+def _out_of_time(seconds: float | None, transfer: _Transfer | None) -> str:
+    """What to say when ``max_time`` ran out: how far it got, and what was kept for a rerun."""
+    said = f"gave up after {seconds:g} s (--max-time)"
+    if transfer is None:
+        return f"{said}, before the download began"
+    part = transfer.part
+    if part.record.exists() and part.part.exists():
+        return f"{said}; kept {part.part} and its record: run the same command again to resume"
+    return f"{said}; nothing was kept to resume"
 
 
 def download_sync(url: str, output: str | os.PathLike[str] | None = None, **kwargs: object) -> DownloadResult:
@@ -158,10 +192,10 @@ class _Transfer:
             hasher.start()
             async with FileWriter(fd, on_written=hasher.written) as writer:
                 if record is not None:
-                    for done in record.ranges():  # on disk from an earlier run
+                    for done in merge_ranges(record.ranges()):  # on disk from an earlier run
                         hasher.written(done.start, done.length)
                     size = remote.size or 0
-                    todo = plan_ranges(size, record.chunk_size, skip=record.ranges())
+                    todo = missing_ranges(size, record.chunk_size, record.ranges())
                     self.tracker.start(size, size - sum(r.length for r in todo))
                     if todo:
                         await self._fetch_ranges(todo, writer, record)
@@ -174,8 +208,9 @@ class _Transfer:
                         remote,
                         writer,
                         headers=self.headers,
-                        backoff=Backoff(self.settings.retry),
+                        backoff=Backoff(self.settings.retry, on_retry=_RetryNote(self.tracker)),
                         on_progress=self.tracker.advance,
+                        low_speed=self.settings.low_speed,
                     )
                     await writer.flush()
                     await asyncio.to_thread(os.ftruncate, fd, size)
@@ -223,7 +258,7 @@ class _Transfer:
         record = record or ResumeRecord.for_remote(remote, max(size, 1))
         if record.mismatch(remote) is not None:  # a rerun could not tell it is the same file
             return None
-        record.done = [str(r) for r in plan_ranges(size, record.chunk_size)]
+        record.done = [str(Range(0, size - 1))]
         try:
             await asyncio.to_thread(record.save, self.part.record)
         except OSError as exc:
@@ -249,7 +284,7 @@ class _Transfer:
             why = old.mismatch(remote) or (
                 f".part file has {part_size} bytes, not {old.size}" if part_size != old.size else None
             )
-            complete = not plan_ranges(old.size, old.chunk_size, skip=old.ranges())
+            complete = not missing_ranges(old.size, old.chunk_size, old.ranges())
             if why is None and (remote.ranges or complete):
                 log.info("resuming %s: %d ranges already done", self.part.part, len(old.done))
                 return old, True
@@ -266,15 +301,17 @@ class _Transfer:
         return ResumeRecord.for_remote(remote, chunk), False
 
     async def _fetch_ranges(self, todo: list[Range], writer: FileWriter, record: ResumeRecord) -> None:
-        queue = deque(todo)
-        finished: list[Range] = []
+        scheduler = Scheduler(todo)
         settings = self.settings
+        on_disk = merge_ranges(record.ranges())
 
         async def checkpoint() -> None:
-            batch = finished[:]
+            # Bytes handed to the writer before the flush are on disk after it:
+            # whole ranges and the fetched heads of the ones still running.
+            written = scheduler.written()
             await writer.flush()
-            del finished[: len(batch)]
-            record.done.extend(str(r) for r in batch)
+            on_disk[:] = merge_ranges([*on_disk, *written])
+            record.done = [str(r) for r in on_disk]
             try:
                 await asyncio.to_thread(record.save, self.part.record)
             except OSError as exc:
@@ -284,19 +321,33 @@ class _Transfer:
                 where = exc.filename or self.part.record
                 raise error(f"cannot save the resume record {where}: {exc.strerror or exc}") from exc
 
+        def advance(seg: Segment, n: int) -> None:
+            scheduler.progress(seg, n)
+            self.tracker.advance(n)
+
         async def fetcher() -> None:
-            while queue:
-                rng = queue.popleft()
-                await fetch_range(
-                    self.client,
-                    self.remote,
-                    rng,
-                    writer,
-                    headers=self.headers,
-                    backoff=Backoff(settings.retry),
-                    on_progress=self.tracker.advance,
-                )
-                finished.append(rng)
+            while (seg := await scheduler.next()) is not None:
+                try:
+                    async with asyncio.timeout(None) as scope:
+                        seg.scope = scope
+                        await fetch_range(
+                            self.client,
+                            self.remote,
+                            seg.range(),
+                            writer,
+                            headers=self.headers,
+                            backoff=Backoff(settings.retry, on_retry=_RetryNote(self.tracker)),
+                            on_progress=functools.partial(advance, seg),
+                            segment=seg,
+                            low_speed=settings.low_speed,
+                        )
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    # Stopped by a steal that took everything it had left.
+                finally:
+                    seg.scope = None
+                scheduler.finish(seg)
 
         async def checkpoints() -> None:
             while True:
@@ -313,6 +364,8 @@ class _Transfer:
         except BaseExceptionGroup as group:
             raise collapse(group) from group
         finally:
+            if scheduler.steals:
+                log.info("%d ranges split for idle connections", scheduler.steals)
             # Keep what is on disk for a rerun, whatever happened above.
             with contextlib.suppress(DownloadError, OSError):
                 await checkpoint()

@@ -169,7 +169,9 @@ class Downloader:
             return
         if not remote.ranges or remote.size is None:
             blocks = _Blocks(queue, self.block_size)
-            await fetch_stream(self.client, remote, blocks, backoff=Backoff(self.settings.retry))
+            await fetch_stream(
+                self.client, remote, blocks, backoff=Backoff(self.settings.retry), low_speed=self.settings.low_speed
+            )
             await blocks.close()
             return
         chunk = choose_chunk_size(remote.size, self.max_workers)
@@ -188,5 +190,7 @@ class Downloader:
         self, remote: RemoteFile, rng: Range, queue: asyncio.Queue[Chunk | BaseException | None]
     ) -> None:
         blocks = _Blocks(queue, self.block_size)
-        await fetch_range(self.client, remote, rng, blocks, backoff=Backoff(self.settings.retry))
+        await fetch_range(
+            self.client, remote, rng, blocks, backoff=Backoff(self.settings.retry), low_speed=self.settings.low_speed
+        )
         await blocks.close()

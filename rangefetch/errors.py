@@ -13,6 +13,7 @@ boundary (``raise ... from exc``) so callers only ever catch ours::
     │   │   │   └── UnreachableError no connection at all: refused, no such host
     │   │   │       └── ProxyError  the proxy could not be reached or refused the tunnel
     │   │   ├── StallError          no bytes arrived for the stall timeout
+    │   │   ├── TooSlowError        fewer than speed_limit bytes/s for speed_time seconds
     │   │   └── ServerBusyError     5xx or 429, maybe with Retry-After
     │   ├── PermanentError          retrying cannot help
     │   │   ├── HTTPStatusError     404, 410, 401, 403 and other final statuses
@@ -22,6 +23,7 @@ boundary (``raise ... from exc``) so callers only ever catch ours::
     │   │   ├── RemoteChangedError  the remote file changed under us
     │   │   └── UnknownSizeError    the server does not say how large the file is
     │   ├── RetriesExhaustedError   a transient error that kept coming back
+    │   ├── TimeLimitError          the download did not end within --max-time
     │   ├── VerificationError       size or checksum of the result is wrong
     │   ├── NoSpaceError            the file system has too little room for the file
     │   └── CancelledDownloadError  the download was cancelled
@@ -55,6 +57,8 @@ __all__ = [
     "StallError",
     "StateError",
     "TLSError",
+    "TimeLimitError",
+    "TooSlowError",
     "TransientError",
     "UnknownSizeError",
     "UnreachableError",
@@ -112,10 +116,16 @@ class TransientError(DownloadError):
     """A failure that may go away if the request is tried again."""
 
     retry_after: float | None = None
+    # A few words for a progress display, "retrying in 4 s (HTTP 503)": each
+    # subclass has its own, and an instance may carry a sharper one
+    # ("connection refused").
+    reason = "failed"
 
 
 class ConnectionLostError(TransientError):
     """The connection broke, or could not be opened."""
+
+    reason = "connection lost"
 
 
 # Transient during a download (a restarting server), but the probe gives up
@@ -124,13 +134,25 @@ class ConnectionLostError(TransientError):
 class UnreachableError(ConnectionLostError):
     """No connection could be opened: refused, no such host, no route."""
 
+    reason = "cannot connect"
+
 
 class ProxyError(UnreachableError):
     """The proxy could not be reached, or it refused to forward the request."""
 
+    reason = "proxy unreachable"
+
 
 class StallError(TransientError):
     """No bytes arrived for longer than the stall timeout."""
+
+    reason = "stalled"
+
+
+class TooSlowError(TransientError):
+    """Fewer than ``speed_limit`` bytes a second arrived over ``speed_time`` seconds (the low-speed rule)."""
+
+    reason = "too slow"
 
 
 class ServerBusyError(TransientError):
@@ -148,6 +170,7 @@ class ServerBusyError(TransientError):
         super().__init__(message, url=url, range=range)
         self.status = status
         self.retry_after = retry_after
+        self.reason = f"HTTP {status}"
 
 
 class PermanentError(DownloadError):
@@ -184,6 +207,10 @@ class UnknownSizeError(PermanentError):
 
 class RetriesExhaustedError(DownloadError):
     """A transient failure kept coming back until the retry budget ran out."""
+
+
+class TimeLimitError(DownloadError):
+    """The download (or the wait for it) did not end within ``max_time`` seconds."""
 
 
 class VerificationError(DownloadError):

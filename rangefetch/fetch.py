@@ -5,37 +5,42 @@ downloader runs many of them in a task group, and each distributed range job
 runs one.  It pins the file version with ``If-Range`` (RFC 9110 §13.1.5),
 accepts only a 206 whose ``Content-Range`` is exactly what was asked
 (§14.4, §15.3.7), streams the body to a ``Writer`` without holding it, and on
-a dropped or stalled connection resumes from the last byte written.
+a dropped, stalled or too slow connection (the low-speed rule,
+``settings.LowSpeed``) resumes from the last byte written.
 
-Every request carries the caller's headers as ``headers_for`` allows: when
+Every request carries the caller's headers as ``origin.headers_for`` allows: when
 the probe was redirected to another origin, the credentials meant for the
 URL the user gave stay behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 import httpx
 
 from .client import BASE_HEADERS, translate_error
+from .display import format_bytes
 from .errors import (
     ConnectionLostError,
     ProtocolError,
+    RangefetchError,
     RemoteChangedError,
+    TooSlowError,
     TransientError,
 )
+from .origin import headers_for
 from .plan import Range
-from .probe import RemoteFile, raise_for_status
+from .probe import RemoteFile, follow, raise_for_status
 from .protocol import parse_content_length, parse_content_range
 from .retry import Backoff
+from .segments import Segment
+from .settings import DEFAULT_LOW_SPEED, LowSpeed
 
-__all__ = ["CROSS_ORIGIN_DROPPED", "Progress", "Writer", "fetch_range", "fetch_stream", "headers_for", "same_origin"]
-
-# Headers that carry the user's credentials for the URL they gave: never sent
-# to another origin (curl drops the same three since 7.83, CVE-2022-27776).
-CROSS_ORIGIN_DROPPED = frozenset({"authorization", "cookie", "proxy-authorization"})
+__all__ = ["Progress", "Writer", "fetch_range", "fetch_stream"]
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just written."""
@@ -51,37 +56,6 @@ def _ignore(n: int) -> None:
     pass
 
 
-def same_origin(url: str, other: str) -> bool:
-    """Whether ``url`` and ``other`` have the same scheme, host and port (RFC 6454 §4).
-
-    A missing port is the scheme's default; a URL that cannot be parsed has
-    no origin in common with anything.
-    """
-    try:
-        a, b = httpx.URL(url), httpx.URL(other)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return False
-    return (a.scheme, a.raw_host.lower(), _port(a)) == (b.scheme, b.raw_host.lower(), _port(b))
-
-
-def _port(url: httpx.URL) -> int | None:
-    return url.port if url.port is not None else {"http": 80, "https": 443}.get(url.scheme)
-
-
-def headers_for(remote: RemoteFile, headers: Mapping[str, str] | None) -> dict[str, str]:
-    """The caller's ``headers`` that a request to ``remote.final_url`` may carry.
-
-    They were given for ``remote.url``: when the probe's redirects ended at
-    another origin (scheme, host or port), ``Authorization``, ``Cookie`` and
-    ``Proxy-Authorization`` are dropped, in any case of their names, so a
-    token for one host never reaches another.  Other headers pass as given.
-    """
-    chosen = dict(headers or {})
-    if same_origin(remote.url, remote.final_url):
-        return chosen
-    return {k: v for k, v in chosen.items() if k.lower() not in CROSS_ORIGIN_DROPPED}
-
-
 async def fetch_range(
     client: httpx.AsyncClient,
     remote: RemoteFile,
@@ -92,11 +66,20 @@ async def fetch_range(
     done: int = 0,
     backoff: Backoff | None = None,
     on_progress: Progress = _ignore,
+    segment: Segment | None = None,
+    low_speed: LowSpeed = DEFAULT_LOW_SPEED,
 ) -> None:
     """Fetch ``rng`` of ``remote`` into ``writer``, skipping its first ``done`` bytes.
 
     Transient failures are retried with ``backoff``; each retry resumes
-    where the last one stopped.
+    where the last one stopped.  A connection slower than ``low_speed``
+    allows is closed and the range re-opened on a fresh one (``TooSlowError``,
+    a failed try unless it brought a window's worth first).  With
+    ``segment`` (``rng`` is then ``segment.range()``), the end is reread
+    between chunks: when another connection took the tail
+    (``segments.Scheduler``), the fetch stops at the new end, and
+    ``segment.writing`` tells how much of a chunk is being handed to the
+    writer.
 
     Raises:
         RemoteChangedError: the file is not the version the probe saw.
@@ -110,12 +93,16 @@ async def fetch_range(
     while cursor.done < rng.length:
         before = cursor.done
         try:
-            await _fetch_once(client, remote, rng, writer, cursor, sent, on_progress)
+            await _fetch_once(client, remote, rng, writer, cursor, sent, on_progress, segment, low_speed=low_speed)
         except TransientError as exc:
             exc.range = rng
-            if cursor.done > before:
+            if _moved_on(exc, cursor.done - before, low_speed):
                 backoff.reset()
             await backoff.wait(exc)
+        if segment is not None:
+            if segment.length <= cursor.done:
+                return  # the rest was taken by another connection
+            rng = segment.range()
 
 
 async def fetch_stream(
@@ -126,6 +113,7 @@ async def fetch_stream(
     headers: Mapping[str, str] | None = None,
     backoff: Backoff | None = None,
     on_progress: Progress = _ignore,
+    low_speed: LowSpeed = DEFAULT_LOW_SPEED,
 ) -> int:
     """Fetch the whole file with one plain GET, for servers without ranges.
 
@@ -142,12 +130,84 @@ async def fetch_stream(
     while True:
         before = cursor.done
         try:
-            await _fetch_once(client, remote, None, writer, cursor, sent, on_progress)
+            await _fetch_once(client, remote, None, writer, cursor, sent, on_progress, low_speed=low_speed)
             return cursor.done
         except TransientError as exc:
-            if cursor.done > before:
+            if _moved_on(exc, cursor.done - before, low_speed):
                 backoff.reset()
             await backoff.wait(exc)
+
+
+def _moved_on(exc: TransientError, gained: int, rule: LowSpeed) -> bool:
+    """Whether a try that failed with ``exc`` after ``gained`` bytes made progress (the retry count starts over).
+
+    Any byte counts, except on a try the low-speed rule ended: that one must
+    have brought a whole window's worth first, or a trickle that sends a few
+    bytes per try would start the count over forever and never give up.
+    """
+    return gained >= (rule.window if isinstance(exc, TooSlowError) else 1)
+
+
+class _SpeedWatch:
+    """The low-speed rule on one request: a deadline ``rule.time`` seconds ahead, moved on per window's worth.
+
+    Timer-based, since a trickle brings almost no chunks to check the speed
+    on: ``scope`` (an ``asyncio.timeout``) cancels the request when fewer than
+    ``rule.window`` bytes arrived within ``rule.time`` seconds of the request
+    or of the last full window.  The hot path only adds and compares.
+    """
+
+    __slots__ = ("_got", "_loop", "_need", "_scope", "_time")
+
+    def __init__(self, rule: LowSpeed, scope: asyncio.Timeout) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._scope, self._time, self._got = scope, rule.time, 0
+        self._need = rule.window if rule.limit else -1  # -1: the rule is off
+        if self._need >= 0:
+            scope.reschedule(self._loop.time() + rule.time)
+
+    def arrived(self, n: int) -> None:
+        """Count ``n`` bytes off the wire; a full window moves the deadline on."""
+        self._got += n
+        if self._got >= self._need >= 0:
+            self._got = 0
+            self._scope.reschedule(self._loop.time() + self._time)
+
+
+@contextlib.asynccontextmanager
+async def _watch_speed(rule: LowSpeed, *, url: str, rng: Range | None) -> AsyncIterator[_SpeedWatch]:
+    """Apply ``rule`` to the block (a request): too slow, it is cancelled and ``TooSlowError`` raised.
+
+    Put it outside the response's own ``async with``: the response is closed
+    first, which drops its connection (httpcore keeps a connection only
+    after a complete response), so the retry opens a fresh one.
+    """
+    try:
+        async with asyncio.timeout(None) as scope:
+            yield _SpeedWatch(rule, scope)
+    except TimeoutError as exc:
+        if not scope.expired():
+            raise
+        where = f" (range {rng})" if rng is not None else ""
+        raise TooSlowError(
+            f"below {format_bytes(rule.limit)}/s for {rule.time:g} s{where}", url=url, range=rng
+        ) from exc
+
+
+@contextlib.asynccontextmanager
+async def _get(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], rng: Range | None
+) -> AsyncIterator[httpx.Response]:
+    """A streamed GET of ``url``, whose redirects (if the server sends any now) follow the probe's rules."""
+    try:
+        response, _ = await follow(client, "GET", url, headers)
+    except RangefetchError as exc:
+        exc.range = exc.range or rng
+        raise
+    try:
+        yield response
+    finally:
+        await response.aclose()
 
 
 class _Cursor:
@@ -167,6 +227,9 @@ async def _fetch_once(
     cursor: _Cursor,
     headers: dict[str, str],
     on_progress: Progress,
+    segment: Segment | None = None,
+    *,
+    low_speed: LowSpeed = DEFAULT_LOW_SPEED,
 ) -> None:
     url = remote.final_url
     request_headers = {**headers, **BASE_HEADERS}
@@ -175,11 +238,15 @@ async def _fetch_once(
         if remote.validator:
             request_headers["If-Range"] = remote.validator
     try:
-        async with client.stream("GET", url, headers=request_headers) as response:
+        async with (
+            _watch_speed(low_speed, url=url, rng=rng) as watch,
+            _get(client, url, request_headers, rng) as response,
+        ):
             offset, expected = _check_response(response, remote, rng, cursor.done)
             # A plain GET starts at byte 0 again: skip what an earlier try wrote.
             skip = cursor.done if rng is None else 0
             async for chunk in response.aiter_raw():
+                watch.arrived(len(chunk))
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)
@@ -193,7 +260,17 @@ async def _fetch_once(
                 n = len(chunk)
                 if expected is not None and n > expected:
                     raise ProtocolError(f"server sent more bytes than asked for {_what(rng)}", url=url, range=rng)
-                await writer.write(offset, chunk)
+                if segment is not None:
+                    room = segment.end + 1 - offset
+                    if n >= room:  # the rest is another connection's now: stop here
+                        if room > 0:
+                            await _write_held(writer, segment, offset, chunk[:room])
+                            cursor.done += room
+                            on_progress(room)
+                        return
+                    await _write_held(writer, segment, offset, chunk)
+                else:
+                    await writer.write(offset, chunk)
                 offset += n
                 cursor.done += n
                 if expected is not None:
@@ -205,6 +282,15 @@ async def _fetch_once(
         raise ConnectionLostError(
             f"connection closed {expected} bytes short of the end of {_what(rng)}", url=url, range=rng
         )
+
+
+async def _write_held(writer: Writer, segment: Segment, offset: int, data: bytes) -> None:
+    """``writer.write`` with ``segment.writing`` set, so no steal takes these bytes meanwhile."""
+    segment.writing = len(data)
+    try:
+        await writer.write(offset, data)
+    finally:
+        segment.writing = 0
 
 
 def _what(rng: Range | None) -> str:

@@ -40,7 +40,7 @@ WORKERS = PREFIX + "workers"  # zset: worker id -> last heartbeat (unix seconds)
 #   "redo"      hash: range -> times re-fetched after failing verification
 #   "attempts"  hash: range -> range job runs in a row that made no progress
 #   "workers"   set: worker ids that worked on it
-#   "finalize"  string: guard so the finalizer runs once
+#   "finalize"  string: guard so the finalizer runs once (a lease: the token of the run holding it)
 #   "verifier"  string: lease of the worker verifying finished ranges early
 #               (its owner's token, or "stopped" after it gave up)
 

@@ -40,6 +40,8 @@ __all__ = [
     "Range",
     "check_chunk_size",
     "choose_chunk_size",
+    "merge_ranges",
+    "missing_ranges",
     "parse_size",
     "plan_ranges",
 ]
@@ -154,6 +156,43 @@ def plan_ranges(size: int, chunk_size: int, *, skip: Iterable[Range] = ()) -> li
         raise ValueError("size must be >= 0 and chunk_size >= 1")
     done = set(skip)
     return [r for r in _cut(size, chunk_size) if r not in done]
+
+
+def merge_ranges(ranges: Iterable[Range]) -> list[Range]:
+    """``ranges`` as the fewest ranges covering the same bytes, in order (overlapping or adjacent ones join)."""
+    merged: list[Range] = []
+    for r in sorted(ranges):
+        if merged and r.start <= merged[-1].end + 1:
+            if r.end > merged[-1].end:
+                merged[-1] = Range(merged[-1].start, r.end)
+        else:
+            merged.append(r)
+    return merged
+
+
+def missing_ranges(size: int, chunk_size: int, done: Iterable[Range]) -> list[Range]:
+    """The bytes of ``[0, size)`` not in ``done``, cut into ranges at multiples of ``chunk_size``.
+
+    ``done`` may hold any ranges (a resume record keeps partly fetched
+    ranges too): each gap is cut where the plan of ``plan_ranges`` would cut,
+    so a gap that starts inside a planned range first finishes that range.
+    With nothing done this is ``plan_ranges(size, chunk_size)``.
+
+    Raises:
+        ValueError: ``size`` is negative or ``chunk_size`` is below 1.
+    """
+    if size < 0 or chunk_size < 1:
+        raise ValueError("size must be >= 0 and chunk_size >= 1")
+    todo: list[Range] = []
+    cursor = 0
+    for r in [*merge_ranges(r for r in done if r.start < size), Range(size, size)]:
+        gap_end = min(r.start, size)  # exclusive
+        while cursor < gap_end:
+            cut = min(gap_end, (cursor // chunk_size + 1) * chunk_size)
+            todo.append(Range(cursor, cut - 1))
+            cursor = cut
+        cursor = max(cursor, r.end + 1)
+    return todo
 
 
 def _cut(size: int, chunk_size: int) -> Iterator[Range]:

@@ -2,16 +2,31 @@
 
 The hot path only adds to an integer; whoever shows progress (the CLI's
 rich bar, plain log lines, Redis in distributed mode) reads the tracker on
-its own schedule.
+its own schedule.  A failed try leaves a note (``retrying``) that the
+display shows instead of a frozen speed until bytes flow again.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
-__all__ = ["Tracker"]
+__all__ = ["RetryNote", "Tracker"]
+
+
+class RetryNote(NamedTuple):
+    """A try failed: the next one starts in ``seconds`` (0 once it is under way) because of ``reason``."""
+
+    seconds: float
+    reason: str
+
+    def __str__(self) -> str:
+        if self.seconds > 0:
+            return f"retrying in {math.ceil(self.seconds)} s ({self.reason})"
+        return f"retrying now ({self.reason})"
 
 
 class Tracker:
@@ -25,6 +40,8 @@ class Tracker:
         self.started = self._clock()
         self._window = window
         self._samples: deque[tuple[float, int]] = deque()
+        self.retries = 0  # notes taken so far: a display can tell a new one
+        self._note: tuple[float, str, int] | None = None  # (until, reason, done when noted)
 
     def start(self, total: int | None, done: int = 0) -> None:
         """Begin counting toward ``total`` bytes with ``done`` already on disk."""
@@ -36,6 +53,22 @@ class Tracker:
     def advance(self, n: int) -> None:
         """Count ``n`` more bytes (negative when a restart throws bytes away)."""
         self.done += n
+
+    def retrying(self, delay: float, reason: str) -> None:
+        """Note that a try failed because of ``reason`` (a few words) and the next starts in ``delay`` seconds."""
+        self._note = (self._clock() + delay, reason, self.done)
+        self.retries += 1
+
+    def retry(self) -> RetryNote | None:
+        """The last retry noted, while no byte has arrived since it; else ``None``."""
+        note = self._note
+        if note is None:
+            return None
+        until, reason, done = note
+        if self.done > done:
+            self._note = None  # bytes flow again
+            return None
+        return RetryNote(max(0.0, until - self._clock()), reason)
 
     def speed(self) -> float:
         """Bytes per second over the last few seconds."""

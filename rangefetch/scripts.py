@@ -11,9 +11,11 @@ from __future__ import annotations
 __all__ = [
     "ACQUIRE",
     "ACQUIRE_FAIR",
+    "CREATE",
     "ENQUEUE",
     "MARK_DONE",
     "OWNED_DELETE",
+    "OWNED_HDEL",
     "OWNED_SET",
     "REMOVE",
     "RENEW",
@@ -22,6 +24,27 @@ __all__ = [
 ]
 
 # -- downloads and ranges -------------------------------------------------------
+
+# Record a new download, all of it or nothing: a producer that dies half-way
+# must not leave an id without its fields (neither loadable nor creatable again).
+# KEYS[1] the download hash, KEYS[2] its headers hash, KEYS[3] its CA key, KEYS[4] the downloads zset.
+# ARGV[1] the id, ARGV[2] now (unix seconds), ARGV[3] n, ARGV[4 .. 3+n] field, value pairs,
+# ARGV[4+n] m, ARGV[5+n .. 4+n+m] header name, value pairs, then '1' and the CA certificates, or '0'.
+# Returns 1 if recorded, 0 if the id is known already (and nothing was touched).
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])  -- first: the one write that can fail (a key of another type)
+redis.call('DEL', KEYS[2], KEYS[3])  -- what a download of this id left behind
+redis.call('HSET', KEYS[1], 'id', ARGV[1])
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local at = 4 + n
+local m = tonumber(ARGV[at])
+for i = at + 1, at + m, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+at = at + m + 1
+if ARGV[at] == '1' then redis.call('SET', KEYS[3], ARGV[at + 1]) end
+return 1
+"""
 
 # Move a download to a new state if its current state allows it, set the
 # fields that go with it, and tell the state channel: all at once, so whoever
@@ -65,16 +88,30 @@ redis.call('PUBLISH', ARGV[4], ARGV[1])
 return redis.call('SCARD', KEYS[1])
 """
 
-# Record a range's fsynced bytes unless the range is done already: a worker
-# that lost its lease (a zombie) must not turn a finished range's full
-# length back into the few bytes it had written.
+# Record a range's fsynced bytes unless the range is done already or more
+# of it is recorded: progress never goes backwards.  A run whose lease
+# lapsed (a zombie: it records nothing once it knows, but may not know yet)
+# must not turn a finished range's full length, or the further progress of
+# the run that took the range over, back into the few bytes it had written.
+# Only a redo or a fresh start (``Store.redo``, ``Store.forget_ranges``)
+# lowers it, by deleting it.
 # KEYS[1] done set, KEYS[2] progress hash.
 # ARGV[1] range member, ARGV[2] bytes fsynced (an absolute count).
-# Returns 1 if recorded, 0 if the range was done.
+# Returns 1 if recorded, 0 if the range was done or had as much recorded.
 SET_PROGRESS = """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if current >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
+"""
+
+# Note that a range is no longer being fetched, unless another run has taken it since.
+# KEYS[1] the inflight hash.  ARGV[1] range member, ARGV[2] the worker that fetched it.
+# Returns 1 if removed, 0 if someone else holds it (or nobody).
+OWNED_HDEL = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
 # -- connection slots -------------------------------------------------------------
@@ -117,11 +154,19 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
-# Extend a token's leases.
+# Extend a token's leases, if it still holds every one of them.  A lease
+# that lapsed is lost even while its member lingers (it is removed only by
+# the next ACQUIRE on that key): renewing it would revive a slot that may
+# have been handed to someone else meanwhile.
 # KEYS: the semaphores.  ARGV[1] token, ARGV[2] ttl (seconds).
+# Returns 1 if every lease was extended, 0 if one had lapsed or gone (and none was extended).
 RENEW = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+for _, key in ipairs(KEYS) do
+  local expiry = redis.call('ZSCORE', key, ARGV[1])
+  if not expiry or tonumber(expiry) <= t then return 0 end
+end
 for _, key in ipairs(KEYS) do
   redis.call('ZADD', key, 'XX', t + tonumber(ARGV[2]), ARGV[1])
   redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[2])) + 60)
@@ -130,8 +175,8 @@ return 1
 """
 
 # Like ACQUIRE, but the first semaphore (a server host) is shared fairly
-# among the downloads using it.  Tokens are "OWNER:..." (range job ids are
-# "DOWNLOAD:START-END").  A download that finds the host full while holding
+# among the downloads using it.  Tokens are "OWNER:..." (a range job run's is
+# "DOWNLOAD:START-END#RUN").  A download that finds the host full while holding
 # less than its fair share (the limit divided by the downloads holding or
 # waiting) records itself in the waiters zset; while someone else waits, a
 # download at or above its share gets no new slot.  So one huge download

@@ -8,6 +8,7 @@ point reads the environment; the ``Settings`` object is passed down instead.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +18,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .keys import DEFAULT_QUEUE
 from .plan import parse_size
 
-__all__ = ["DEFAULT_JOBS", "DEFAULT_RETRY", "DEFAULT_TIMEOUTS", "JobLimits", "RetryPolicy", "Settings", "Timeouts"]
+__all__ = [
+    "DEFAULT_JOBS",
+    "DEFAULT_LOW_SPEED",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUTS",
+    "JobLimits",
+    "LowSpeed",
+    "RetryPolicy",
+    "Settings",
+    "Timeouts",
+]
 
 
 def _size_or_none(value: Any) -> Any:
@@ -26,7 +37,18 @@ def _size_or_none(value: Any) -> Any:
     return parse_size(value)
 
 
+def _rate(value: Any) -> Any:
+    if value in (0, "0"):
+        return 0
+    return parse_size(value)
+
+
+def _seconds_or_none(value: Any) -> Any:
+    return None if value in (None, "", 0, "0") else value
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
+Rate = Annotated[int, BeforeValidator(_rate)]
 
 
 class Timeouts(BaseModel):
@@ -41,6 +63,34 @@ class Timeouts(BaseModel):
     connect: float = Field(15.0, gt=0)
     stall: float = Field(30.0, gt=0)
     write: float = Field(30.0, gt=0)
+
+
+class LowSpeed(BaseModel):
+    """The low-speed rule: curl's ``--speed-limit``/``--speed-time``, aria2c's ``--lowest-speed-limit``.
+
+    A connection that brings fewer than ``limit`` bytes a second, on average
+    over ``time`` seconds, is closed and its range re-opened on a fresh
+    connection from the last byte written.  Such a trip counts as a failed
+    try (``RetryPolicy.max_tries`` in a row fail the range) unless the
+    connection first brought a whole window's worth (``window``).
+    ``limit`` 0 turns the rule off.
+
+    The defaults, 1 KiB/s over 30 s: the window is as long as the stall
+    timeout, so a trickle is given up as soon as silence would be, and a
+    link with 16 connections must fall below 16 KiB/s in all before a healthy
+    connection trips, far below any working link.  One byte every 20 s (which
+    the stall timeout never catches) trips after 30 s.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    limit: Rate = Field(1024, ge=0)
+    time: float = Field(30.0, gt=0)
+
+    @property
+    def window(self) -> int:
+        """Bytes that must arrive within ``time`` seconds (0: the rule is off)."""
+        return math.ceil(self.limit * self.time)
 
 
 class RetryPolicy(BaseModel):
@@ -102,6 +152,7 @@ def _env(name: str) -> AliasChoices:
 
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_RETRY = RetryPolicy()
+DEFAULT_LOW_SPEED = LowSpeed()
 DEFAULT_JOBS = JobLimits()
 
 
@@ -123,6 +174,14 @@ class Settings(BaseSettings):
     )
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     retry: RetryPolicy = DEFAULT_RETRY
+    # The low-speed rule (``LowSpeed``) as two flat fields, named as curl's flags.
+    speed_limit: Rate = Field(
+        DEFAULT_LOW_SPEED.limit, ge=0, description="bytes/s a connection must keep up over speed_time; 0: off"
+    )
+    speed_time: float = Field(DEFAULT_LOW_SPEED.time, gt=0, description="seconds the low-speed rule averages over")
+    max_time: Annotated[float | None, BeforeValidator(_seconds_or_none)] = Field(
+        None, gt=0, description="seconds `get` (or `wait`) may take in all; unset or 0: no limit"
+    )
     read_size: Size = Field(1024 * 1024, ge=4096, description="largest socket read on the fast path")
     fast_path: bool = Field(
         True, description="http:// over rangefetch.transport (direct socket reads); False: httpx's stock transport"
@@ -153,6 +212,11 @@ class Settings(BaseSettings):
     ssl_cert_file: Path | None = Field(None, validation_alias=_env("SSL_CERT_FILE"), description="CA bundle file")
     ssl_cert_dir: Path | None = Field(None, validation_alias=_env("SSL_CERT_DIR"), description="CA directory")
     insecure: bool = Field(False, description="skip TLS certificate and host name verification")
+
+    @property
+    def low_speed(self) -> LowSpeed:
+        """``speed_limit`` and ``speed_time`` as one ``LowSpeed`` rule."""
+        return LowSpeed(limit=self.speed_limit, time=self.speed_time)
 
     @field_validator("redis_url", "proxy", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
     @classmethod

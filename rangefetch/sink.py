@@ -100,6 +100,18 @@ class FileWriter:
     queued before it is written and fsynced.  Leaving the block waits for the
     queued writes and raises ``DownloadError`` if any of them failed.
     ``on_written`` hears of each finished write (``verify.PrefixHasher``).
+
+    ``allowed``, when given, is asked in the writer thread before each
+    write: once it says no, nothing more reaches the file, and ``write`` and
+    ``flush`` raise ``DownloadError``.  A distributed range job writes only
+    while its lease holds (``worker.runtime.Lease.valid``): asked here, the
+    check also holds for bytes that were queued before the lease lapsed,
+    say while the process was stopped.
+
+    Whatever the writer thread raises (an ``OSError``, or a bug in
+    ``on_written``) is kept and raised by the next ``write``/``flush`` or
+    at the end of the block; the thread keeps settling what is queued, so
+    nobody waiting on it hangs.
     """
 
     def __init__(
@@ -109,15 +121,17 @@ class FileWriter:
         budget: int = WRITE_BUDGET,
         max_pwrite: int = MAX_PWRITE,
         on_written: Callable[[int, int], None] | None = None,
+        allowed: Callable[[], bool] | None = None,
     ) -> None:
         self._fd = fd
         self._on_written = on_written  # called in the writer thread with (offset, length) of each finished write
+        self._allowed = allowed  # called in the writer thread before each write
         self._budget = budget
         self._max_pwrite = max_pwrite
         self._queue: queue.SimpleQueue[tuple[int, bytes] | asyncio.Future[None] | None] = queue.SimpleQueue()
         self._pending = 0
         self._space = asyncio.Event()
-        self._error: OSError | None = None
+        self._error: BaseException | None = None
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="rangefetch-writer", daemon=True)
 
@@ -162,9 +176,15 @@ class FileWriter:
         self._check()
 
     def _check(self) -> None:
-        if self._error is not None:
-            error = NoSpaceError if self._error.errno in (errno.ENOSPC, errno.EDQUOT) else DownloadError
-            raise error(f"writing the file failed: {self._error.strerror or self._error}") from self._error
+        failure = self._error
+        if failure is None:
+            return
+        if isinstance(failure, _Refused):
+            raise DownloadError("writing stopped: the writer is no longer allowed to write")
+        if isinstance(failure, OSError):
+            error = NoSpaceError if failure.errno in (errno.ENOSPC, errno.EDQUOT) else DownloadError
+            raise error(f"writing the file failed: {failure.strerror or failure}") from failure
+        raise DownloadError(f"writing the file failed: {type(failure).__name__}: {failure}") from failure
 
     def _release(self, size: int) -> None:
         self._pending -= size
@@ -175,32 +195,40 @@ class FileWriter:
             future.set_result(None)
 
     def _run(self) -> None:
-        fd, max_pwrite, call = self._fd, self._max_pwrite, self._loop.call_soon_threadsafe
+        call = self._loop.call_soon_threadsafe
         while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._apply(item)
+                except BaseException as exc:  # whatever it is, the loop must hear of it, or a flush() waits forever
+                    self._error = exc
             try:
-                if isinstance(item, asyncio.Future):
-                    if self._error is None:
-                        os.fsync(fd)
-                    call(self._settle, item)
-                    continue
-                offset, data = item
-                if self._error is None:
-                    view = memoryview(data)
-                    while view:
-                        written = os.pwrite(fd, view[:max_pwrite], offset)
-                        view = view[written:]
-                        offset += written
-                    if self._on_written is not None:
-                        self._on_written(item[0], len(data))
-                call(self._release, len(data))
-            except OSError as exc:
-                self._error = exc
                 if isinstance(item, asyncio.Future):
                     call(self._settle, item)
                 else:
                     call(self._release, len(item[1]))
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 return
+
+    def _apply(self, item: tuple[int, bytes] | asyncio.Future[None]) -> None:
+        """Carry out one queued item in the writer thread: a write, or the fsync of a flush."""
+        if isinstance(item, asyncio.Future):
+            os.fsync(self._fd)
+            return
+        if self._allowed is not None and not self._allowed():
+            raise _Refused
+        offset, data = item
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view[: self._max_pwrite], offset)
+            view = view[written:]
+            offset += written
+        if self._on_written is not None:
+            self._on_written(item[0], len(data))
+
+
+class _Refused(Exception):
+    """``FileWriter``'s ``allowed`` said no: nothing more is written."""
 
 
 class PartFile:

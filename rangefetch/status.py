@@ -2,6 +2,9 @@
 
 ``build_status`` is pure: ``Store.status`` reads the pieces from Redis and
 hands them over.  Field names follow aria2's ``tellStatus`` where they fit.
+Ours: ``retryReason``, ``retryIn`` and ``retryAt`` describe the latest retry
+wait of any of the download's ranges (``Store.note_retry``) while it lasts:
+why ("HTTP 503", "too slow"), seconds left, and when it ends (unix time).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def build_status(
         speed = max(0.0, (completed - resumed) / (now - started))
     eta = (size - completed) / speed if speed > 0 else None
     failures = {as_str(r): as_str(e) for r, e in failed.items()}
+    retry_at = float(data.get("retry_at") or 0)
+    retrying = not state.finished and retry_at > now
     last_error = data.get("error") or (next(iter(failures.values())) if failures else None)
     return {
         "gid": data["id"],
@@ -61,6 +66,9 @@ def build_status(
         "workers": sorted(as_str(w) for w in workers),
         "sha256": data.get("sha256"),
         "checksum": data.get("checksum"),
+        "retryReason": data.get("retry_reason") if retrying else None,
+        "retryIn": round(retry_at - now, 1) if retrying else None,
+        "retryAt": retry_at if retrying else None,
     }
 
 

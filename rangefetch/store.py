@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -84,6 +84,7 @@ class Store:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._create = redis.register_script(scripts.CREATE)
         self._set_state = redis.register_script(scripts.SET_STATE)
         self._mark_done = redis.register_script(scripts.MARK_DONE)
         self._set_progress = redis.register_script(scripts.SET_PROGRESS)
@@ -92,25 +93,22 @@ class Store:
         self._renew = redis.register_script(scripts.RENEW)
         self._owned_set = redis.register_script(scripts.OWNED_SET)
         self._owned_delete = redis.register_script(scripts.OWNED_DELETE)
+        self._owned_hdel = redis.register_script(scripts.OWNED_HDEL)
 
     # -- downloads ---------------------------------------------------------
 
     async def create(self, spec: DownloadSpec) -> bool:
-        """Record ``spec`` as a queued download; ``False`` if the id is already known."""
-        key = keys.download_key(spec.id)
+        """Record ``spec`` as a queued download, in one step (``scripts.CREATE``); ``False`` if the id is known."""
         now = str(time.time())
+        record = {**spec.fields(), "state": DownloadState.QUEUED.value, "created": now}
+        fields = [item for pair in record.items() for item in pair]
+        headers = [item for pair in spec.headers.items() for item in pair]
+        ca = ["1", spec.ca_pem] if spec.ca_pem is not None else ["0"]
+        k = keys.download_key
+        script_keys = [k(spec.id), k(spec.id, "headers"), k(spec.id, "ca"), keys.DOWNLOADS]
+        args = [spec.id, now, str(len(fields)), *fields, str(len(headers)), *headers, *ca]
         try:
-            created = await cast(Any, self.redis.hsetnx(key, "id", spec.id))
-            if created:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.hset(key, mapping={**spec.fields(), "state": DownloadState.QUEUED.value, "created": now})
-                    if spec.headers:
-                        pipe.hset(keys.download_key(spec.id, "headers"), mapping=dict(spec.headers))
-                    if spec.ca_pem is not None:
-                        pipe.set(keys.download_key(spec.id, "ca"), spec.ca_pem)
-                    pipe.zadd(keys.DOWNLOADS, {spec.id: float(now)})
-                    await pipe.execute()
-            return bool(created)
+            return bool(await self._create(keys=script_keys, args=args))
         except RedisError as exc:
             raise QueueError(f"cannot record download {spec.id}: {exc}") from exc
 
@@ -268,8 +266,10 @@ class Store:
     async def set_progress(self, download_id: str, rng: Range, done: int) -> None:
         """Record that the first ``done`` bytes of ``rng`` are fsynced (an absolute count, never added).
 
-        A range already done keeps its full length: a worker that lost its
-        lease cannot make the download's progress read low (``scripts.SET_PROGRESS``).
+        Progress never goes backwards: a range already done keeps its full
+        length, and a count below the recorded one is ignored, so a worker
+        that lost its lease cannot make the range's progress read low
+        (``scripts.SET_PROGRESS``).  ``redo`` and ``forget_ranges`` start a range over.
         """
         k = keys.download_key
         await self._call(
@@ -283,9 +283,10 @@ class Store:
             pipe.sadd(keys.download_key(download_id, "workers"), worker_id)
             await self._call(pipe.execute())
 
-    async def stop_range(self, download_id: str, rng: Range) -> None:
-        """Note that nobody is fetching ``rng`` any more."""
-        await self._call(self.redis.hdel(keys.download_key(download_id, "inflight"), str(rng)))
+    async def stop_range(self, download_id: str, rng: Range, worker_id: str) -> None:
+        """Note that ``worker_id`` is no longer fetching ``rng`` (unless another worker has taken it since)."""
+        key = keys.download_key(download_id, "inflight")
+        await self._call(self._owned_hdel(keys=[key], args=[str(rng), worker_id]))
 
     async def mark_done(self, download_id: str, rng: Range, digest: str) -> int:
         """Record ``rng`` as finished with its digest; returns how many ranges are done (and tells ``done_channel``)."""
@@ -332,18 +333,23 @@ class Store:
             result = await self._call(pipe.execute())
         return int(result[-1])
 
-    async def claim_finalizer(self, download_id: str, *, ttl: int = 3600) -> bool:
-        """Take the guard that lets exactly one finalizer run; ``False`` if it is taken."""
+    async def claim_finalizer(self, download_id: str, owner: str, *, ttl: float) -> bool:
+        """Take the guard that lets exactly one finalizer run, for ``owner``; ``False`` if it is taken.
+
+        The guard is a lease like the verifier's: it holds its owner's token
+        and lapses ``ttl`` seconds after it was last renewed.
+        """
         key = keys.download_key(download_id, "finalize")
-        return bool(await self._call(self.redis.set(key, "1", nx=True, ex=ttl)))
+        return bool(await self._call(self.redis.set(key, owner, nx=True, px=_ms(ttl))))
 
-    async def renew_finalizer(self, download_id: str, *, ttl: int) -> None:
-        """Extend the finalizer guard (held as a lease by a running finalizer)."""
-        await self._call(self.redis.expire(keys.download_key(download_id, "finalize"), ttl))
+    async def renew_finalizer(self, download_id: str, owner: str, *, ttl: float) -> bool:
+        """Extend ``owner``'s finalizer guard; ``False`` if ``owner`` no longer holds it."""
+        key = keys.download_key(download_id, "finalize")
+        return bool(await self._call(self._owned_set(keys=[key], args=[owner, owner, str(_ms(ttl))])))
 
-    async def release_finalizer(self, download_id: str) -> None:
-        """Give the finalizer guard back (after re-enqueuing ranges)."""
-        await self._call(self.redis.delete(keys.download_key(download_id, "finalize")))
+    async def release_finalizer(self, download_id: str, owner: str) -> None:
+        """Give ``owner``'s finalizer guard back (after re-enqueuing ranges, or at the end)."""
+        await self._call(self._owned_delete(keys=[keys.download_key(download_id, "finalize")], args=[owner]))
 
     async def claim_verifier(self, download_id: str, owner: str, *, ttl: float) -> bool:
         """Take the lease of the download's early verifier for ``owner``; ``False`` if it is held (or stopped)."""
@@ -369,6 +375,11 @@ class Store:
         value = await self._call(self.redis.get(keys.download_key(download_id, "verifier")))
         owner = _s(value) if value is not None else None
         return None if owner == VERIFIER_STOPPED else owner
+
+    async def note_retry(self, download_id: str, reason: str, at: float) -> None:
+        """Record the download's latest retry wait: why, and when (unix time) it ends (shown by ``status``)."""
+        fields = {"retry_reason": reason, "retry_at": str(at)}
+        await self._call(self.redis.hset(keys.download_key(download_id), mapping=fields))
 
     async def set_verified(self, download_id: str, nbytes: int) -> None:
         """Record that the first ``nbytes`` of the file are verified (shown by ``status``)."""
@@ -398,9 +409,9 @@ class Store:
         script_keys = [names[0], waiters, *names[1:]]
         return bool(await self._call(self._acquire_fair(keys=script_keys, args=args)))
 
-    async def renew_slots(self, token: str, names: list[str], *, ttl: float) -> None:
-        """Extend the lease of ``token`` in each semaphore."""
-        await self._call(self._renew(keys=names, args=[token, str(ttl)]))
+    async def renew_slots(self, token: str, names: list[str], *, ttl: float) -> bool:
+        """Extend the lease of ``token`` in each semaphore; ``False`` if one had lapsed (then none is extended)."""
+        return bool(await self._call(self._renew(keys=names, args=[token, str(ttl)])))
 
     async def release_slots(self, token: str, names: list[str]) -> None:
         """Give the slots of ``token`` back."""

@@ -14,7 +14,16 @@ Faults: ``norange``, ``acceptranges_none``, ``nolength`` (+``chunked``),
 ``etag_change_after=N``, ``weak_etag``, ``no_validators``, ``gzip``,
 ``redirect=N``, ``redirect_to=NAME``, ``cd=NAME``, ``cd_star=NAME``,
 ``rate=BPS``, ``wrong_range``, ``short``, ``slow_headers=S``,
-``broken=KIND``, ``claim=SIZE``, ``ignore_range``, ``redirect_url=URL``.
+``broken=KIND``, ``claim=SIZE``, ``ignore_range``, ``redirect_url=URL``,
+``slow_rate=BPS``, ``straggle=BPS`` (+``straggle_conns=N``), ``moved_url=URL``
+(the first K GETs are a 302 to URL: a range GET redirected after the probe).
+
+Slow peers: ``rate=BPS`` paces every body; ``slow_rate=BPS`` paces only the
+first K GETs (a server that trickles one byte every 20 s is
+``slow_rate=0.05``).  ``straggle=BPS`` throttles whole *connections*: the
+first ``straggle_conns`` (default 1) connections that ask for a range longer
+than one byte with this key are served at BPS for every request they make,
+as a bad path to one client port would; other connections run at full speed.
 
 Replies that break HTTP/1.1 (first K GETs), ``broken=``: ``content_length``
 (two Content-Length fields that disagree), ``nul`` (a NUL byte in a header
@@ -80,6 +89,8 @@ class RequestRecord:
     client: tuple[str, int]  # peer address: equal ports mean a reused connection
     status: int | None = None
     started: float = field(default_factory=time.monotonic)  # time.monotonic()
+    sent: int = 0  # body bytes written to the socket so far
+    straggler: bool = False  # served at ``straggle=`` speed
 
 
 @dataclass
@@ -223,6 +234,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     timeout = 60  # idle keep-alive connections end eventually
     server: _HTTPServer
     _aborted = False  # set by _abort(): the connection ends without a TLS close_notify
+    _straggler: bool | None = None  # for ``straggle=``: None until its first range GET
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -321,6 +333,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if head and "nohead" in f.q:
             code = f.integer("nohead", 405)
             return self._simple(405 if code == 1 else code, b"", {"Allow": "GET"})
+        if faulted and (moved := f.q.get("moved_url")):
+            return self._simple(302, b"moved\n", {"Location": moved})
         if faulted and (code := f.integer("status")):
             extra: dict[str, str | None] = {}
             if f.q.get("retry_after"):
@@ -387,6 +401,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             out["Content-Length"] = str(length + (1000 if head and f.flag("headlies") else 0))
             if head and "claim" in f.q:
                 out["Content-Length"] = str(claimed)
+        if not head and "straggle" in f.q and self._straggler is None and span is not None and length > 1:
+            self._straggler = owner._straggler((name, f.key), f.integer("straggle_conns", 1))
         self._start(status, out, _broken_fields(f.q.get("broken"), length) if faulted else ())
         if not head:
             self._send_body(owner, memoryview(body)[start : start + length], f, faulted, chunked)
@@ -401,6 +417,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if stall > 0:
             stop_at = min(stop_at, f.integer("stall_after"))
         rate = f.number("rate")
+        if faulted and f.number("slow_rate") > 0:
+            rate = f.number("slow_rate")
+        if self._straggler:
+            rate = f.number("straggle")
+            self._rec.straggler = True
         piece = CHUNK if rate <= 0 else max(1, min(CHUNK, int(rate / 50)))
         sent, t0 = 0, time.monotonic()
         while sent < stop_at:
@@ -411,6 +432,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 self.wfile.write(data)
             sent += n
+            self._rec.sent = sent
             # No pause after the last piece: the client has the whole body and
             # may start its next request, which must not overlap this one.
             if rate > 0 and sent < stop_at:
@@ -468,6 +490,7 @@ class RangeServer:
         self._files: dict[str, list[_Version | None]] = {}
         self._requests: list[RequestRecord] = []
         self._counts: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        self._stragglers: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}  # connections so far
         self._conns: set[socket.socket] = set()
         self._accepts = self._handshakes = self._tls_failures = 0
         # Requests still running at a reset do not count towards max_concurrent.
@@ -564,6 +587,7 @@ class RangeServer:
         with self._lock:
             self._requests.clear()
             self._counts.clear()
+            self._stragglers.clear()
             self._generation += 1
             self._active = self._max = 0
             self._accepts = self._handshakes = self._tls_failures = 0
@@ -593,6 +617,13 @@ class RangeServer:
             if bump:
                 self._counts[key] = n + 1
             return n
+
+    def _straggler(self, key: tuple[str, tuple[tuple[str, str], ...]], conns: int) -> bool:
+        """Whether a connection making its first range GET for ``key`` is one of the slow ones."""
+        with self._lock:
+            n = self._stragglers.get(key, 0)
+            self._stragglers[key] = n + 1
+            return n < conns
 
     def _begin(self, rec: RequestRecord) -> int:
         with self._lock:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from byteranges import overlap, total
 from rangeserver import RangeServer, RequestRecord
 
 import producer.cli
@@ -376,10 +377,10 @@ def test_resume_after_sigint(srv: RangeServer, tmp_path: Path) -> None:
 
     proc = run("get", "--chunk-size", "128K", "-c", "2", "-d", ".", url, cwd=tmp_path)
     assert_success(proc, tmp_path / NAME)
-    kept = {parse_range(text) for text in done}
+    kept = [parse_range(text) for text in done]
     fetched = [parse_range(r.headers["range"]) for r in range_gets(srv.requests[first:])]
-    assert not set(fetched) & kept
-    assert sum(end - start + 1 for start, end in fetched) == len(DATA) - sum(end - start + 1 for start, end in kept)
+    assert not overlap(fetched, kept)
+    assert sum(end - start + 1 for start, end in fetched) == len(DATA) - total(kept)
 
 
 def test_resume_after_remote_changed_starts_over(srv: RangeServer, tmp_path: Path) -> None:
@@ -428,3 +429,36 @@ def test_one_logging_setup_for_every_command() -> None:
         ("2", ""): ["10", "30", "30"],
         ("2", "q"): ["40", "30", "30"],
     }
+
+
+# --- slow peers: the flags (behaviour in test_slow.py and test_distributed_slow.py) ---
+
+SPEED_LIMIT_FLAG = "-Y, --speed-limit, --lowest-speed-limit BYTES"
+
+
+@pytest.mark.parametrize(
+    ("name", "flags"),
+    [
+        ("get", [SPEED_LIMIT_FLAG, "-y, --speed-time SECONDS", "-m, --max-time SECONDS"]),
+        ("worker", [SPEED_LIMIT_FLAG, "-y, --speed-time SECONDS"]),
+        ("wait", ["-m, --max-time SECONDS"]),
+    ],
+)
+def test_slow_peer_flags(name: str, flags: list[str], tmp_path: Path) -> None:
+    proc = run(name, "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for flag in flags:
+        assert flag in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-time", "-1"], "Invalid value for '-m' / '--max-time'"),
+        (["--speed-time", "0"], "Invalid value for '-y' / '--speed-time'"),
+        (["--speed-limit", "-5"], "invalid size '-5'"),
+    ],
+)
+def test_bad_slow_peer_values_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run("get", "http://127.0.0.1:9/x.bin", *args, cwd=tmp_path)
+    assert message in assert_clean_failure(proc, 2)

@@ -165,3 +165,38 @@ def test_cancel_then_resume(
     later = [r.headers["range"] for r in server.requests_for("slow.bin")[mark:] if "range" in r.headers]
     starts = [int(value.removeprefix("bytes=").split("-")[0]) for value in later]
     assert not [s for s in starts if s > 0 and any(r.start <= s <= r.end for r in done_before)]
+
+
+def test_a_mistyped_checksum_keeps_the_download_and_the_right_one_only_verifies(
+    server: RangeServer, env: dict[str, str], folder: Path, workers: list[WorkerProcess]
+) -> None:
+    data = os.urandom(1024 * 1024 + 333)
+    server.add_file("sum.bin", data)
+    url = server.url("sum.bin")
+    digest = hashlib.sha256(data).hexdigest()
+
+    def range_gets() -> int:  # the probe's bytes=0-0 aside
+        return sum(r.method == "GET" and r.headers.get("range", "bytes=0-0") != "bytes=0-0"
+                   for r in server.requests_for("sum.bin"))  # fmt: skip
+
+    wrong = rangefetch("enqueue", url, "--chunk-size", CHUNK, "-c", "4", "--checksum", "sha256=" + "0" * 64, env=env)
+    assert wrong.returncode == 0, wrong.stderr
+    did = wrong.stdout.strip()
+    failed = rangefetch("wait", did, env=env)
+    assert failed.returncode == 1, failed.stderr + logs(workers)
+    assert "sha256 mismatch" in failed.stderr and failed.stderr.count("\n") == 1
+    assert "kept the downloaded sum.bin.part (1.0 MiB) and its finished ranges" in failed.stderr
+    assert "--checksum" in failed.stderr
+    assert hashlib.sha256((folder / "sum.bin.part").read_bytes()).hexdigest() == digest
+    assert not (folder / "sum.bin").exists()
+    fetched = range_gets()
+    assert fetched >= 5  # 1 MiB in 256 KiB ranges
+
+    right = rangefetch("enqueue", url, "--chunk-size", CHUNK, "-c", "4", "--checksum", f"sha256={digest}", env=env)
+    assert right.returncode == 0 and right.stdout.strip() == did, right.stderr
+    done = rangefetch("wait", did, env=env)
+    assert done.returncode == 0, done.stderr + logs(workers)
+    assert done.stdout == f"{digest}  {folder / 'sum.bin'}\n"
+    assert hashlib.sha256((folder / "sum.bin").read_bytes()).hexdigest() == digest
+    assert not (folder / "sum.bin.part").exists()
+    assert range_gets() == fetched  # only verified: no range fetched again

@@ -40,6 +40,7 @@ from rangefetch import (
     allocate,
     download,
 )
+from rangefetch.client import MAX_REDIRECTS
 
 DATA = os.urandom(1_000_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -107,8 +108,6 @@ def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
             proc.kill()
             proc.wait()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 
 
 def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
@@ -228,6 +227,29 @@ def test_a_redirect_to_file_is_exit_1(srv: RangeServer, tmp_path: Path) -> None:
     proc = run("get", "-d", ".", srv.url(NAME, redirect_url="file:///etc/passwd"), cwd=tmp_path)
     line = assert_clean_failure(proc, 1, tmp_path / NAME)
     assert "redirected to file://" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_to_file_after_another_hop_names_that_hop(srv: RangeServer, tmp_path: Path) -> None:
+    url = srv.url(NAME, redirect_url=srv.url(NAME, redirect_url="file:///etc/passwd").replace("127.0.0.1", "localhost"))
+    proc = run("get", "-d", ".", url, cwd=tmp_path)
+    line = assert_clean_failure(proc, 1, tmp_path / NAME)
+    assert f"localhost:{srv.port} redirected to file:///etc/passwd" in line
+    assert [r.method for r in srv.requests] == ["HEAD", "HEAD"]  # not retried, not followed
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_max_redirects_are_followed(srv: RangeServer, tmp_path: Path) -> None:
+    result = await download(srv.url(NAME, redirect=MAX_REDIRECTS), directory=tmp_path, settings=settings())
+    assert result.sha256 == SHA == hashlib.sha256((tmp_path / NAME).read_bytes()).hexdigest()
+
+
+def test_too_many_redirects_is_one_line_exit_1(srv: RangeServer, tmp_path: Path) -> None:
+    proc = run("get", "-d", ".", srv.url(NAME, redirect=MAX_REDIRECTS + 1), cwd=tmp_path)
+    line = assert_clean_failure(proc, 1, tmp_path / NAME)
+    assert "too many redirects" in line and f"(more than {MAX_REDIRECTS})" in line
+    # The HEAD's hops, the one past the limit not followed; nothing retried.
+    assert [r.method for r in srv.requests] == ["HEAD"] * (MAX_REDIRECTS + 1)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import fakeredis
+import httpx
 import pytest
 from arq.constants import job_key_prefix
 from rangeserver import RangeServer
@@ -22,11 +23,12 @@ from rangefetch import (
     UsageError,
 )
 from rangefetch.keys import download_key
-from rangefetch.plan import choose_chunk_size
+from rangefetch.plan import MAX_RANGES, MIN_REQUESTED_CHUNK, choose_chunk_size
 from rangefetch.state import DownloadState
 from rangefetch.store import Store
 
-DATA = os.urandom(10 * 1024 + 7)  # 11 ranges of 1 KiB
+CHUNK = MIN_REQUESTED_CHUNK  # the smallest --chunk-size there is (64 KiB)
+DATA = os.urandom(10 * CHUNK + 7)  # 11 ranges
 QUEUE = Settings.model_fields["queue_name"].default
 
 
@@ -39,7 +41,7 @@ async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(download_dir=tmp_path / "dl", chunk_size=1024, connections=4)
+    return Settings(download_dir=tmp_path / "dl", chunk_size=CHUNK, connections=4)
 
 
 @pytest.fixture
@@ -64,14 +66,15 @@ async def test_new_download(redis: fakeredis.FakeAsyncRedis, settings: Settings,
     assert part.stat().st_size == len(DATA)
     spec = await Store(redis).spec(result.id)
     assert spec is not None
-    assert (spec.path, spec.size, spec.chunk_size, spec.ranges) == ("data.bin", len(DATA), 1024, 11)
+    assert (spec.path, spec.size, spec.chunk_size, spec.ranges) == ("data.bin", len(DATA), CHUNK, 11)
     assert spec.connections == 4
     assert spec.headers == {"Authorization": "Bearer s3cret"}
     assert spec.checksum == f"sha256={hashlib.sha256(DATA).hexdigest()}"
     fields = await redis.hgetall(download_key(result.id))
     assert b"s3cret" not in b"".join([*fields.keys(), *fields.values()])
     ids = await queued(redis)
-    assert ids[0] == f"{result.id}:0-1023" and ids[-1] == f"{result.id}:10240-10246" and len(ids) == 11
+    assert ids[0] == f"{result.id}:0-{CHUNK - 1}" and ids[-1] == f"{result.id}:{10 * CHUNK}-{len(DATA) - 1}"
+    assert len(ids) == 11
 
 
 async def test_enqueue_again_is_idempotent(redis: fakeredis.FakeAsyncRedis, settings: Settings, url: str) -> None:
@@ -86,19 +89,19 @@ async def test_resume_enqueues_only_missing(redis: fakeredis.FakeAsyncRedis, set
     store = Store(redis)
     part = first.path.with_name("data.bin.part")
     with open(part, "r+b") as f:  # pretend a worker wrote the first two ranges
-        f.write(DATA[:2048])
-    for r in ("0-1023", "1024-2047"):
+        f.write(DATA[: 2 * CHUNK])
+    for r in (f"0-{CHUNK - 1}", f"{CHUNK}-{2 * CHUNK - 1}"):
         await redis.sadd(download_key(first.id, "done"), r)
-        await redis.hset(download_key(first.id, "progress"), r, "1024")
+        await redis.hset(download_key(first.id, "progress"), r, str(CHUNK))
     await store.set_state(first.id, DownloadState.CANCELLED)
     await redis.delete(QUEUE, *(job_key_prefix + i for i in await queued(redis)))
 
     again = await enqueue(url, settings=settings, redis=redis)
     assert again.id == first.id and again.added == 9
-    assert f"{first.id}:0-1023" not in await queued(redis)
-    assert part.read_bytes()[:2048] == DATA[:2048]  # kept
+    assert f"{first.id}:0-{CHUNK - 1}" not in await queued(redis)
+    assert part.read_bytes()[: 2 * CHUNK] == DATA[: 2 * CHUNK]  # kept
     assert await store.state(first.id) is DownloadState.QUEUED
-    assert (await redis.hget(download_key(first.id), "resumed")) == b"2048"
+    assert (await redis.hget(download_key(first.id), "resumed")) == str(2 * CHUNK).encode()
 
 
 async def test_changed_remote_starts_over(
@@ -106,7 +109,7 @@ async def test_changed_remote_starts_over(
 ) -> None:
     first = await enqueue(url, settings=settings, redis=redis)
     old_etag = await redis.hget(download_key(first.id), "etag")
-    await redis.sadd(download_key(first.id, "done"), "0-1023")
+    await redis.sadd(download_key(first.id, "done"), f"0-{CHUNK - 1}")
     await Store(redis).set_state(first.id, DownloadState.FAILED, error="boom")
     part = first.path.with_name("data.bin.part")
     part.write_bytes(b"x" * len(DATA))
@@ -209,3 +212,35 @@ async def test_default_ranges_are_smaller_than_embedded_modes(
     assert choose_chunk_size(len(data), 4) == 5 * 1024 * 1024
     assert spec.chunk_size == choose_chunk_size(len(data), 4, per_connection=8) == 3 * 1024 * 1024
     assert spec.ranges == result.added == 22
+
+
+async def test_a_chunk_size_below_the_floor_is_refused_before_any_request(
+    redis: fakeredis.FakeAsyncRedis, tmp_path: Path, server: RangeServer, url: str
+) -> None:
+    settings = Settings(download_dir=tmp_path / "dl", chunk_size=MIN_REQUESTED_CHUNK - 1024, connections=4)
+    with pytest.raises(UsageError, match="chunk size 63K is too small: use at least 64K") as info:
+        await enqueue(url, settings=settings, redis=redis)
+    assert info.value.exit_code == 2
+    assert server.requests_for("data.bin") == []
+    assert await redis.dbsize() == 0
+    assert not (tmp_path / "dl").exists()
+
+
+async def test_a_chunk_size_that_cuts_too_many_ranges_is_grown(redis: fakeredis.FakeAsyncRedis, tmp_path: Path) -> None:
+    # A file just over MAX_RANGES ranges of 64 KiB (625 MiB): served by a stand-in
+    # that only answers the probe; the .part file is preallocated, not written.
+    size = MAX_RANGES * MIN_REQUESTED_CHUNK + 1
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        headers = {"etag": '"v1"', "accept-ranges": "bytes"}
+        if request.method == "HEAD":
+            return httpx.Response(200, headers={**headers, "content-length": str(size)})
+        return httpx.Response(206, headers={**headers, "content-range": f"bytes 0-0/{size}"}, content=b"x")
+
+    settings = Settings(download_dir=tmp_path / "dl", chunk_size=MIN_REQUESTED_CHUNK, connections=4)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(origin)) as client:
+        result = await enqueue("http://files.test/huge.bin", settings=settings, redis=redis, client=client)
+    spec = await Store(redis).spec(result.id)
+    assert spec is not None
+    assert spec.chunk_size == 2 * MIN_REQUESTED_CHUNK  # the smallest multiple of 64 KiB within MAX_RANGES
+    assert spec.ranges == result.added == MAX_RANGES // 2 + 1 <= MAX_RANGES

@@ -39,7 +39,7 @@ from tlsproxy_helpers import (
     settings,
 )
 
-from rangefetch import Downloader, ProxyError, Settings
+from rangefetch import Downloader, ProxyError, Settings, download
 from rangefetch.settings import DEFAULT_RETRY
 
 OTHER = os.urandom(300_000)
@@ -174,6 +174,39 @@ async def test_faults_through_the_proxy(
     if fault == "drop":
         starts = [int(r.headers["range"].removeprefix("bytes=").partition("-")[0]) for r in range_gets(origin.requests)]
         assert any(start % CHUNK for start in starts)  # a dropped range resumed mid-way, through the proxy
+
+
+@pytest.mark.parametrize(
+    ("proxied_scheme", "proxied_first", "fast_path"),
+    alternating(("http", True), ("http", False), ("https", True), ("https", False)),
+)
+async def test_each_redirect_hop_takes_the_route_of_its_url(
+    tinyproxy: TinyProxy,
+    srv: RangeServer,
+    tls_srv: RangeServer,
+    tmp_path: Path,
+    ca_file: Path,
+    fast_path: bool,
+    proxied_scheme: str,
+    proxied_first: bool,
+) -> None:
+    # A proxy for one scheme only: a redirect to the other scheme leaves it, or enters it.
+    proxied, direct = (srv, tls_srv) if proxied_scheme == "http" else (tls_srv, srv)
+    first, then = (proxied, direct) if proxied_first else (direct, proxied)
+    s = trusting(fast_path, ca_file, **{f"{proxied_scheme}_proxy": tinyproxy.url})
+    mark = tinyproxy.mark()
+    headers = {"Authorization": "Bearer t0ken-first", "X-Trace": "trace-1"}
+    async with asyncio.timeout(HANG_GUARD):
+        result = await download(
+            first.url(NAME, redirect_url=then.url(NAME)), directory=tmp_path, settings=s, headers=headers
+        )
+    assert_ok(result, DATA)
+    assert_proxied(tinyproxy, mark, proxied)
+    assert_direct(tinyproxy, mark, direct)
+    assert range_gets(then.requests) and not range_gets(first.requests)
+    # Another scheme is another origin: the credentials stayed with the first.
+    assert all(r.headers.get("authorization") == "Bearer t0ken-first" for r in first.requests)
+    assert all("authorization" not in r.headers and r.headers["x-trace"] == "trace-1" for r in then.requests)
 
 
 @pytest.mark.parametrize(("origin", "fast_path"), alternating(("https",), ("http",)), indirect=["origin"])

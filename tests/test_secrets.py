@@ -1,11 +1,14 @@
 """Secrets stay with whom they are meant for (issue 9, items 7-9).
 
 * Credentials given for one origin never reach another: ``Authorization``,
-  ``Cookie`` and ``Proxy-Authorization`` are dropped when the probe's
-  redirects end at another scheme, host or port (``headers_for``), in both
-  modes.  Two origins on one test server: ``localhost:PORT`` redirects to
-  ``127.0.0.1:PORT`` (``redirect_to``); the ``Host`` header each request
-  carried tells them apart.
+  ``Cookie`` and ``Proxy-Authorization`` stop at the first redirect to
+  another scheme, host or port, in the probe's own hops (``probe.follow``)
+  and in every request after it (``origin.headers_for``), and do not come
+  back when the chain returns to the user's origin; in both modes.  Two
+  origins on one test server: ``localhost:PORT`` redirects to
+  ``127.0.0.1:PORT`` (``redirect_to``), the ``Host`` header each request
+  carried tells them apart; or two servers on two ports (``origin_b``),
+  chained with ``redirect_url``.
 * The resume record holds no password or token and is mode 0600.
 * Redis holds only what workers need, and nothing shows it: ``status``,
   ``status --json``, ``wait``, ``workers``, the producer's and the workers' logs.
@@ -32,13 +35,14 @@ import pytest
 from distributed_helpers import WorkerProcess, wait_finished, worker_env
 from rangeserver import RangeServer, RequestRecord
 from redis.asyncio import Redis
+from test_cli import assert_success, run
 
 from producer.enqueue import enqueue
 from producer.monitor import format_status, status
 from producer.watch import watch
 from rangefetch import RemoteFile, RetryPolicy, Settings, download
-from rangefetch.fetch import headers_for, same_origin
 from rangefetch.keys import download_key
+from rangefetch.origin import headers_for, same_origin
 from rangefetch.plan import Range
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
@@ -123,9 +127,12 @@ def assert_credentials_stayed_home(server: RangeServer, *, ranged: bool = True) 
     for rec in fetches:
         assert not {name for name in DROPPED if name in rec.headers}, rec.headers
         assert rec.headers.get("x-trace") == "trace-1"
-    # The probe's own redirects are httpx's: it drops Authorization and Cookie.
+    assert all(r.headers.get("proxy-authorization") == PROXY_AUTH for r in home)
+    # Nor did the probe's own requests there: HEAD and GET, each after its redirect.
+    assert {r.method for r in away} == {"HEAD", "GET"}
     for rec in away:
-        assert "authorization" not in rec.headers and "cookie" not in rec.headers, rec.headers
+        assert not {name for name in DROPPED if name in rec.headers}, rec.headers
+        assert rec.headers.get("x-trace") == "trace-1"
 
 
 def embedded_settings(**overrides: Any) -> Settings:
@@ -164,14 +171,106 @@ async def test_embedded_same_origin_redirect_keeps_the_credentials(server: Range
     assert gets and all(r.headers.get("authorization") == AUTH and r.headers.get("cookie") == COOKIE for r in gets)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="probe.py follows redirects with httpx, which keeps Proxy-Authorization across origins",
-)
 async def test_probe_redirect_drops_proxy_authorization(server: RangeServer, tmp_path: Path) -> None:
     server.add_file(NAME, DATA)
-    await download(cross_origin_url(server, NAME), tmp_path / "out.bin", headers=HEADERS, settings=embedded_settings())
-    assert all("proxy-authorization" not in r.headers for r in sent_to(server, "127.0.0.1"))
+    result = await download(
+        cross_origin_url(server, NAME), tmp_path / "out.bin", headers=HEADERS, settings=embedded_settings()
+    )
+    assert result.sha256 == SHA == hashlib.sha256((tmp_path / "out.bin").read_bytes()).hexdigest()
+    away = sent_to(server, "127.0.0.1")
+    assert [r.method for r in away if r.headers.get("range") in (None, "bytes=0-0")] == ["HEAD", "GET"]
+    assert all("proxy-authorization" not in r.headers for r in away)
+
+
+# --- two origins on two ports, there and back ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second_range_server() -> Iterator[RangeServer]:
+    with RangeServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def origin_b(second_range_server: RangeServer) -> RangeServer:
+    """A second range server: ``127.0.0.1`` on another port, so another origin than ``server``."""
+    second_range_server.reset()
+    second_range_server.add_file(NAME, DATA)
+    return second_range_server
+
+
+def there_and_back(a: RangeServer, b: RangeServer) -> str:
+    """The user's URL of a chain A -> A (the same origin) -> B -> A: the file is fetched from the last."""
+    back = a.url(NAME, key="back")
+    at_b = b.url(NAME, redirect_url=back)
+    return a.url(NAME, redirect_url=a.url(NAME, redirect_url=at_b, hop=2))
+
+
+def assert_left_behind_for_good(a: RangeServer, b: RangeServer) -> None:
+    """A's two hops got every header; B and the way back to A none of the credentials, but the rest."""
+    on_a = a.requests_for(NAME)
+    hops = [r for r in on_a if "redirect_url=" in r.path]
+    back = [r for r in on_a if "redirect_url=" not in r.path]
+    assert len(hops) == 4, [(r.method, r.path) for r in hops]  # HEAD and GET at each
+    for rec in hops:
+        assert {name: rec.headers.get(name.lower()) for name in HEADERS} == HEADERS, rec.headers
+    at_b = b.requests_for(NAME)
+    assert sorted(r.method for r in at_b) == ["GET", "HEAD"], [(r.method, r.path) for r in at_b]
+    assert range_gets(back), [(r.method, r.headers) for r in back]  # the ranges came from A, at the end
+    for rec in at_b + back:
+        assert not {name for name in DROPPED if name in rec.headers}, rec.headers
+        assert rec.headers.get("x-trace") == "trace-1"
+
+
+async def test_embedded_two_origins_there_and_back(server: RangeServer, origin_b: RangeServer, tmp_path: Path) -> None:
+    server.add_file(NAME, DATA)
+    out = tmp_path / "out.bin"
+    result = await download(there_and_back(server, origin_b), out, headers=HEADERS, settings=embedded_settings())
+    assert result.sha256 == SHA == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert_left_behind_for_good(server, origin_b)
+
+
+def header_args() -> list[str]:
+    return [arg for name, value in HEADERS.items() for arg in ("-H", f"{name}: {value}")]
+
+
+def test_get_two_origins_there_and_back(server: RangeServer, origin_b: RangeServer, tmp_path: Path) -> None:
+    server.add_file(NAME, DATA)
+    url = there_and_back(server, origin_b)
+    proc = run("get", "-o", "out.bin", "--chunk-size", "64K", "-c", "4", *header_args(), url, cwd=tmp_path)
+    assert_success(proc, tmp_path / "out.bin", SHA)
+    assert_left_behind_for_good(server, origin_b)
+
+
+def test_get_from_another_origin(server: RangeServer, origin_b: RangeServer, tmp_path: Path) -> None:
+    server.add_file(NAME, DATA)
+    url = server.url(NAME, redirect_url=origin_b.url(NAME))
+    proc = run("get", "-o", "out.bin", "--chunk-size", "64K", "-c", "4", *header_args(), url, cwd=tmp_path)
+    assert_success(proc, tmp_path / "out.bin", SHA)
+    home, away = server.requests_for(NAME), origin_b.requests_for(NAME)
+    assert sorted(r.method for r in home) == ["GET", "HEAD"]
+    assert all({name: r.headers.get(name.lower()) for name in HEADERS} == HEADERS for r in home)
+    assert range_gets(away)
+    for rec in away:
+        assert not {name for name in DROPPED if name in rec.headers}, rec.headers
+        assert rec.headers.get("x-trace") == "trace-1"
+
+
+async def test_range_gets_redirected_later_keep_credentials_home(server: RangeServer, tmp_path: Path) -> None:
+    # The probe is answered at localhost; every range GET after it is sent
+    # on to 127.0.0.1, another origin, where no credential may follow.
+    server.add_file(NAME, DATA)
+    moved = server.url(NAME, key="moved")
+    url = server.url(NAME, moved_url=moved, skip=1, times=1000).replace("://127.0.0.1:", "://localhost:", 1)
+    out = tmp_path / "out.bin"
+    result = await download(url, out, headers=HEADERS, settings=embedded_settings())
+    assert result.sha256 == SHA == hashlib.sha256(out.read_bytes()).hexdigest()
+    home, away = sent_to(server, "localhost"), sent_to(server, "127.0.0.1")
+    assert len(range_gets(home)) == len(range_gets(away)) > 1  # each range GET was redirected once
+    assert all({name: r.headers.get(name.lower()) for name in HEADERS} == HEADERS for r in home)
+    for rec in away:
+        assert not {name for name in DROPPED if name in rec.headers}, rec.headers
+        assert rec.headers.get("x-trace") == "trace-1"
 
 
 # --- the resume record ---------------------------------------------------------------
@@ -384,6 +483,33 @@ async def test_distributed_secrets_stay_in_redis(
     shown = "\n".join(out.stdout + out.stderr for out in outputs) + worker.output()
     for secret in ("pw-alice-9", "SIG-user-1", "hunter2-bob", "TOKEN-cdn-7", AUTH, COOKIE, PROXY_AUTH):
         assert secret not in shown
+
+
+@pytest.mark.redis
+async def test_distributed_two_origins_there_and_back(
+    server: RangeServer,
+    origin_b: RangeServer,
+    redis_url: str,
+    redis_client: Redis,
+    download_dir: Path,
+    worker: WorkerProcess,
+) -> None:
+    server.add_file(NAME, DATA)
+    env = worker_env(redis_url, download_dir)
+    url = there_and_back(server, origin_b)
+    enqueued = cli("enqueue", url, "-o", NAME, "--chunk-size", "64K", "-c", "4", *header_args(), env=env)
+    assert enqueued.returncode == 0, enqueued.stderr
+    did = enqueued.stdout.strip()
+    # The final URL is on the user's origin again, but the workers get no credentials for it.
+    stored = await cast(Any, redis_client).hgetall(download_key(did, "headers"))
+    assert stored == {b"X-Trace": b"trace-1"}
+    dump = await redis_dump(redis_client)
+    for secret in (AUTH, COOKIE, PROXY_AUTH):
+        assert secret.encode() not in dump
+    state = await wait_finished(Store(redis_client), did, timeout=60)
+    assert state is DownloadState.COMPLETE, worker.output()[-3000:]
+    assert hashlib.sha256((download_dir / NAME).read_bytes()).hexdigest() == SHA
+    assert_left_behind_for_good(server, origin_b)
 
 
 # --- status of a failure that quotes the redirect target --------------------------------

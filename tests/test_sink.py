@@ -214,6 +214,35 @@ async def test_a_writer_waiting_for_space_wakes_up_on_an_error(fd: int, monkeypa
                 await asyncio.wait_for(waiting, 5)
 
 
+async def test_any_error_in_the_writer_thread_surfaces_and_nothing_hangs(fd: int) -> None:
+    def broken(offset: int, length: int) -> None:  # a bug in whoever hears of the writes
+        raise ValueError("hasher broke")
+
+    with pytest.raises(DownloadError, match="ValueError: hasher broke"):  # leaving the block reports it too
+        async with FileWriter(fd, budget=100, on_written=broken) as writer:
+            await writer.write(0, b"a" * 60)
+            with pytest.raises(DownloadError, match="writing the file failed: ValueError: hasher broke"):
+                await asyncio.wait_for(writer.flush(), 5)  # the hang guard: the thread must not just die
+            with pytest.raises(DownloadError, match="hasher broke"):
+                await asyncio.wait_for(writer.write(60, b"b" * 60), 5)
+
+
+async def test_nothing_is_written_once_the_writer_is_no_longer_allowed(fd: int) -> None:
+    allowed = threading.Event()
+    allowed.set()
+    with pytest.raises(DownloadError, match="writing stopped"):  # leaving the block reports it too
+        async with FileWriter(fd, allowed=allowed.is_set) as writer:
+            await writer.write(0, b"a" * 10)
+            await writer.flush()
+            allowed.clear()  # a lease lapsed: asked in the writer thread, for what is queued already too
+            await writer.write(10, b"b" * 10)
+            with pytest.raises(DownloadError, match="writing stopped"):
+                await asyncio.wait_for(writer.flush(), 5)
+            with pytest.raises(DownloadError, match="writing stopped"):
+                await writer.write(20, b"c" * 10)
+    assert contents(fd) == b"a" * 10
+
+
 # --- PartFile -----------------------------------------------------------------------
 
 

@@ -111,7 +111,7 @@ async def finished(task: asyncio.Task[None], timeout: float = 2.0) -> None:
 
 
 async def run_finalizer(rt: Runtime, download_id: str = ID) -> None:
-    await finalize_job(ctx(rt, keys.finalize_job_id(download_id)), download_id)
+    await finalize_job(await ctx(rt, keys.finalize_job_id(download_id)), download_id)
 
 
 async def verified(rt: Runtime) -> int:
@@ -337,13 +337,15 @@ async def test_verifier_checks_the_checksum(rt: Runtime, full_passes: list[Path]
     assert full_passes == []  # the verifier computed the md5 as well
 
 
-async def test_verifier_fails_a_wrong_checksum_and_removes_the_part_file(rt: Runtime, full_passes: list[Path]) -> None:
+async def test_verifier_fails_a_wrong_checksum_and_keeps_the_part_file(rt: Runtime, full_passes: list[Path]) -> None:
     spec = await record(rt, checksum="md5=" + "0" * 32)
     await fetch_with(rt, ranges())
     await finished(rt.verifiers[spec.id])
     data = await rt.store.get(spec.id)
     assert data is not None and data["state"] == "failed" and "md5 mismatch" in data["error"]
-    assert not (rt.download_dir / "f.bin.part").exists() and not (rt.download_dir / "f.bin").exists()
+    assert "kept the downloaded f.bin.part" in data["error"]
+    assert sha(part_bytes(rt)) == sha(DATA) and not (rt.download_dir / "f.bin").exists()
+    assert await rt.store.done_count(spec.id) == spec.ranges
     assert full_passes == []
     assert await lease_value(rt.redis) == b"stopped"
 
@@ -396,10 +398,11 @@ async def test_stopping_the_worker_gives_the_lease_back(rt: Runtime) -> None:
 
 
 async def test_stopping_the_worker_with_all_ranges_done_hands_over_to_the_finalizer(
-    rt: Runtime, full_passes: list[Path]
+    make: MakeRuntime, full_passes: list[Path]
 ) -> None:
+    rt = make(jobs={"lease": 30.0})  # so the verifier waits for the guard until the worker stops (FINISH_WAIT leases)
     spec = await record(rt)
-    assert await rt.store.claim_finalizer(spec.id, ttl=30)  # a finalizer elsewhere holds the guard
+    assert await rt.store.claim_finalizer(spec.id, "elsewhere", ttl=30)  # a finalizer elsewhere holds the guard
     await fetch_with(rt, ranges())
     task = rt.verifiers[spec.id]
     await run_finalizer(rt)  # arq ran the finalizer the last range enqueued: it left the download to the verifier
@@ -412,7 +415,28 @@ async def test_stopping_the_worker_with_all_ranges_done_hands_over_to_the_finali
     assert not await rt.redis.exists(LEASE)
     assert await job_exists(rt, keys.finalize_job_id(spec.id))  # handed over
     assert await rt.store.state(spec.id) is DownloadState.RUNNING
-    await rt.store.release_finalizer(spec.id)
+    await rt.store.release_finalizer(spec.id, "elsewhere")
+    await run_finalizer(rt)
+    await assert_complete(rt)
+    assert len(full_passes) == 1
+
+
+async def test_a_verifier_waits_for_another_finalizers_guard_only_so_long(
+    make: MakeRuntime, full_passes: list[Path]
+) -> None:
+    rt = make(jobs={"lease": 0.4})  # it waits FINISH_WAIT leases: 0.8 s
+    spec = await record(rt)
+    assert await rt.store.claim_finalizer(spec.id, "elsewhere", ttl=600)  # a finalizer that keeps its guard
+    await fetch_with(rt, ranges())
+    task = rt.verifiers[spec.id]
+    await run_finalizer(rt)  # the finalizer the last range enqueued left the download to the verifier
+    await rt.redis.delete(job_key_prefix + keys.finalize_job_id(spec.id))  # as arq does when a job ends
+    await finished(task, timeout=10)  # it gave up waiting, by itself
+    assert not task.cancelled()
+    assert not await rt.redis.exists(LEASE)  # given back: the finalizer no longer leaves the download to it
+    assert await job_exists(rt, keys.finalize_job_id(spec.id))  # handed over
+    assert await rt.store.state(spec.id) is DownloadState.RUNNING
+    await rt.store.release_finalizer(spec.id, "elsewhere")
     await run_finalizer(rt)
     await assert_complete(rt)
     assert len(full_passes) == 1

@@ -17,11 +17,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import pytest
+import redis as sync_redis
+from arq import Retry as JobRetry
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from distributed_helpers import (
     WorkerProcess,
     arq_pool,
@@ -43,6 +47,9 @@ from rangefetch.plan import Range
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
 from worker.cli import serve
+from worker.finalize import sweep_job
+from worker.jobs import fetch_range_job
+from worker.runtime import RUNTIME_KEY, Runtime
 
 pytestmark = pytest.mark.redis
 
@@ -206,14 +213,14 @@ async def test_a_range_that_fails_verification_is_fetched_again(
     spec = await start_download(pool, server.url("verify"), download_dir, chunk_size=100 * KiB)
     store = Store(pool)
     settings = quick_settings(redis_url, download_dir)
-    assert await store.claim_finalizer(spec.id, ttl=60)  # hold the finalizer back
+    assert await store.claim_finalizer(spec.id, "test", ttl=60)  # hold the finalizer back
     await serve(settings, burst=True, handle_signals=False)
     assert await store.done_count(spec.id) == spec.ranges
     bad = plan_ranges(spec.size, spec.chunk_size)[3]
     with open(download_dir / (spec.path + ".part"), "r+b") as f:
         f.seek(bad.start + 1000)
         f.write(bytes(b ^ 0xFF for b in DATA[bad.start + 1000 : bad.start + 1100]))
-    await store.release_finalizer(spec.id)
+    await store.release_finalizer(spec.id, "test")
     await pool.enqueue_job("finalize", spec.id, _job_id=keys.finalize_job_id(spec.id))
     await serve(settings, burst=True, handle_signals=False)
     await check_complete(store, spec, download_dir)
@@ -310,3 +317,212 @@ async def _has_workers(pool: ArqRedis) -> bool:
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return text in caplog.text
+
+
+# -- leases that lapse ----------------------------------------------------------------------
+
+
+class _StallingOrigin:
+    """One range: its first ``good`` bytes right, then a stall of the whole event loop, then bytes that must never land.
+
+    The stall is the run's process freezing (a long GC pause, a VM stopped):
+    nothing in the loop runs, renewals included, until ``resume()`` says so
+    (polled with a client of its own).  What it sends after that is wrong
+    on purpose: had the run written any of it, the file would be corrupt.
+    """
+
+    def __init__(self, data: bytes, etag: str, good: int, resume: Callable[[], bool]) -> None:
+        self.data, self.etag, self.good, self.resume = data, etag, good, resume
+        self.stalled = False
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        first, _, last = request.headers["range"].removeprefix("bytes=").partition("-")
+        start, end = int(first), int(last)
+        headers = {"etag": self.etag, "content-range": f"bytes {start}-{end}/{len(self.data)}"}
+        return httpx.Response(206, headers=headers, stream=_Stalling(self, start, end))
+
+
+class _Stalling(httpx.AsyncByteStream):
+    def __init__(self, origin: _StallingOrigin, start: int, end: int) -> None:
+        self.origin, self.start, self.end = origin, start, end
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        o = self.origin
+        yield o.data[self.start : o.good]
+        await asyncio.sleep(0.5)  # a checkpoint or two record those bytes
+        o.stalled = True
+        deadline = time.monotonic() + 60  # a hang guard only
+        while not o.resume() and time.monotonic() < deadline:
+            time.sleep(0.05)  # blocks the event loop: the process is frozen
+        yield bytes(b ^ 0xFF for b in o.data[o.good : self.end + 1])
+
+
+async def test_a_run_whose_lease_lapsed_writes_nothing_more_and_the_range_is_redone_elsewhere(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, redis_url: str, start_worker: StartWorker
+) -> None:
+    data = DATA[: 256 * KiB]
+    server.add_file("lapse", data)
+    spec = await start_download(pool, server.url("lapse"), download_dir, chunk_size=len(data))  # one range
+    (rng,) = plan_ranges(spec.size, spec.chunk_size)
+    job_id = keys.range_job_id(spec.id, rng.start, rng.end)
+    store = Store(pool)
+    watcher = sync_redis.Redis.from_url(redis_url)
+
+    def complete() -> bool:
+        return watcher.hget(keys.download_key(spec.id), "state") == b"complete"
+
+    assert spec.etag is not None
+    origin = _StallingOrigin(data, spec.etag, 64 * KiB, resume=complete)
+    settings = quick_settings(redis_url, download_dir, jobs={"lease": 1.0, "slot_wait": 0.2, "verify_early": False})
+    client = httpx.AsyncClient(transport=httpx.MockTransport(origin))
+    stalled = Runtime(settings, pool, store, client, "stalled-worker", download_dir.resolve())
+    start_worker("--concurrency", "2")  # someone else, to take the range over once the lease lapses
+    try:
+        # Taken as arq's start_jobs takes a job: its in-progress key, for one lease.
+        await pool.set(in_progress_key_prefix + job_id, b"1", px=1000)
+        ctx = {RUNTIME_KEY: stalled, "job_id": job_id, "job_try": 1, "redis": pool}
+        with pytest.raises(JobRetry):  # gave the range up, to come back one lease later
+            await asyncio.wait_for(fetch_range_job(ctx, spec.id, rng.start, rng.end), timeout=90)
+    finally:
+        await client.aclose()
+        watcher.close()
+    assert origin.stalled and complete()
+    await check_complete(store, spec, download_dir, data)  # not one byte from after the stall reached the file
+    assert await store.progress(spec.id, rng) == rng.length
+    # The other worker fetched the range from what the stalled run had recorded before it froze.
+    assert range_offsets(server, "lapse") == [(64 * KiB, rng.end)]
+
+
+async def test_a_worker_stopped_past_its_lease_gives_its_range_up_when_it_wakes(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
+) -> None:
+    data = DATA[: 512 * KiB]
+    server.add_file("frozen", data)
+    url = server.url("frozen", rate=128 * KiB)  # the one range takes 4 s
+    spec = await start_download(pool, url, download_dir, chunk_size=len(data))
+    (rng,) = plan_ranges(spec.size, spec.chunk_size)
+    store = Store(pool)
+    frozen = start_worker("--concurrency", "2", RANGEFETCH_JOBS__VERIFY_EARLY="0")
+    await wait_for(lambda: progressed(store, spec), timeout=20)
+    frozen.signal(signal.SIGSTOP)
+    try:
+        for _ in range(2):
+            start_worker("--concurrency", "2", RANGEFETCH_JOBS__VERIFY_EARLY="0")
+        before = await store.progress(spec.id, rng)
+        await wait_for(lambda: _progress_above(store, spec.id, rng, before), timeout=20)  # taken over
+    finally:
+        frozen.signal(signal.SIGCONT)
+    assert await wait_finished(store, spec.id, timeout=30) is DownloadState.COMPLETE
+    await check_complete(store, spec, download_dir, data)
+    await wait_for(lambda: _logged_by(frozen, "lost its lease"), timeout=10)
+    assert "giving the range up" in frozen.output()
+    # Two runs: the frozen one, and the one that took over.  The frozen run's end
+    # deleted arq's in-progress key of the job under the other; that one put it
+    # back, so no third worker started the job meanwhile.
+    assert [first for first, _ in range_offsets(server, "frozen")] == [0, before]
+
+
+async def _progress_above(store: Store, download_id: str, rng: Range, floor: int) -> bool:
+    return await store.progress(download_id, rng) > floor
+
+
+async def _logged_by(worker: WorkerProcess, text: str) -> bool:
+    return text in worker.output()
+
+
+class _HoldingOrigin:
+    """Serves the first ``first`` bytes of a range, then holds the response open until ``release`` is set."""
+
+    def __init__(self, data: bytes, etag: str, first: int) -> None:
+        self.data, self.etag, self.first = data, etag, first
+        self.release = asyncio.Event()
+        self.sent = asyncio.Event()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        start, _, end = request.headers["range"].removeprefix("bytes=").partition("-")
+        headers = {"etag": self.etag, "content-range": f"bytes {start}-{end}/{len(self.data)}"}
+        return httpx.Response(206, headers=headers, stream=_Holding(self, int(start), int(end)))
+
+
+class _Holding(httpx.AsyncByteStream):
+    def __init__(self, origin: _HoldingOrigin, start: int, end: int) -> None:
+        self.origin, self.start, self.end = origin, start, end
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        o = self.origin
+        yield o.data[self.start : self.start + o.first]
+        o.sent.set()
+        await o.release.wait()
+        yield o.data[self.start + o.first : self.end + 1]
+
+
+def _in_process_runtime(redis_url: str, download_dir: Path, pool: ArqRedis, origin: object, **jobs: object) -> Runtime:
+    jobs = {"lease": 1.0, "slot_wait": 0.2, "verify_early": False, **jobs}
+    settings = quick_settings(redis_url, download_dir, jobs=jobs)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(origin))  # type: ignore[arg-type]
+    return Runtime(settings, pool, Store(pool), client, "in-process-worker", download_dir.resolve())
+
+
+async def test_a_run_that_loses_redis_for_longer_than_its_lease_stops(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    server.add_file("away", DATA)
+    spec = await start_download(pool, server.url("away"), download_dir, chunk_size=len(DATA), enqueue=False)
+    (rng,) = plan_ranges(spec.size, spec.chunk_size)
+    job_id = keys.range_job_id(spec.id, rng.start, rng.end)
+    assert spec.etag is not None
+    origin = _HoldingOrigin(DATA, spec.etag, 100 * KiB)
+    rt = _in_process_runtime(redis_url, download_dir, pool, origin)
+    await pool.set(in_progress_key_prefix + job_id, b"1", px=1000)
+    ctx = {RUNTIME_KEY: rt, "job_id": job_id, "job_try": 1, "redis": pool}
+    job = asyncio.create_task(fetch_range_job(ctx, spec.id, rng.start, rng.end))
+    try:
+        await asyncio.wait_for(origin.sent.wait(), timeout=10)
+        await asyncio.to_thread(redis_server.stop, kill=True)
+        # Its renewals fail; one lease on, its claims may be anyone's: it must stop by
+        # itself (without the fix it waits on the server as long as the server likes).
+        with pytest.raises(JobRetry):
+            await asyncio.wait_for(job, timeout=30)
+    finally:
+        origin.release.set()
+        if not job.done():
+            job.cancel()
+        await rt.client.aclose()
+        await asyncio.to_thread(redis_server.start)
+    part = (download_dir / (spec.path + ".part")).read_bytes()
+    assert part[: 100 * KiB] == DATA[: 100 * KiB] and part[100 * KiB :] == bytes(len(DATA) - 100 * KiB)
+
+
+async def test_a_job_that_redis_keeps_failing_is_given_up_to_the_sweep(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, redis_url: str
+) -> None:
+    server.add_file("broken", DATA)
+    spec = await start_download(pool, server.url("broken"), download_dir, chunk_size=len(DATA), enqueue=False)
+    (rng,) = plan_ranges(spec.size, spec.chunk_size)
+    await pool.set(keys.download_key(spec.id, "progress"), "not a hash")  # every run fails on Redis: WRONGTYPE
+    rt = _in_process_runtime(redis_url, download_dir, pool, _HoldingOrigin(DATA, "", 0))
+
+    async def run(job: Callable[..., Awaitable[None]], job_id: str, *args: object) -> None:
+        """Run a job as arq's start_jobs and run_job would (its in-progress key), without the waits."""
+        await pool.set(in_progress_key_prefix + job_id, b"1", px=1000)
+        ctx = {RUNTIME_KEY: rt, "job_id": job_id, "job_try": 1, "redis": pool}
+        await asyncio.wait_for(job(ctx, *args), timeout=10)
+
+    try:
+        retries = 0
+        while True:
+            try:
+                await run(fetch_range_job, keys.range_job_id(spec.id, rng.start, rng.end), spec.id, rng.start, rng.end)
+                break  # given up
+            except JobRetry:
+                retries += 1
+                assert retries < 50, "a job that Redis keeps failing is retried for ever"
+        assert retries == rt.settings.jobs.max_attempts - 1
+        assert await Store(pool).state(spec.id) is DownloadState.RUNNING  # nothing failed for good
+        # Once Redis answers again, the sweep enqueues the job that was given up, and it runs.
+        await pool.delete(keys.download_key(spec.id, "progress"))
+        await run(sweep_job, "cron:sweep:test")
+    finally:
+        await rt.client.aclose()
+    await serve(quick_settings(redis_url, download_dir), burst=True, handle_signals=False)
+    await check_complete(Store(pool), spec, download_dir)

@@ -23,9 +23,10 @@ import pydantic
 import pytest
 from arq import Retry
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from distributed_helpers import quick_settings
 
+import worker.finalize
 from rangefetch import (
     JobLimits,
     PartFile,
@@ -110,7 +111,9 @@ def make_runtime(redis: ArqRedis, tmp_path: Path, origin: Origin, **overrides: A
     return Runtime(settings, redis, Store(redis), client, "test-worker", tmp_path.resolve())
 
 
-def ctx(rt: Runtime, job_id: str) -> dict[str, Any]:
+async def ctx(rt: Runtime, job_id: str) -> dict[str, Any]:
+    """The ``ctx`` arq calls a job with, after taking the job as arq's ``start_jobs`` does (its in-progress key)."""
+    await rt.redis.set(in_progress_key_prefix + job_id, b"1", px=round(rt.settings.jobs.lease * 1000))
     return {RUNTIME_KEY: rt, "job_id": job_id, "job_try": 1, "redis": rt.redis}
 
 
@@ -148,7 +151,8 @@ def ranges() -> list[Range]:
 
 
 async def fetch(rt: Runtime, rng: Range, download_id: str = "dl1") -> None:
-    await fetch_range_job(ctx(rt, keys.range_job_id(download_id, rng.start, rng.end)), download_id, rng.start, rng.end)
+    job_id = keys.range_job_id(download_id, rng.start, rng.end)
+    await fetch_range_job(await ctx(rt, job_id), download_id, rng.start, rng.end)
 
 
 async def fetch_all(rt: Runtime) -> None:
@@ -331,7 +335,7 @@ async def test_jobs_of_a_stopped_download_just_return(rt: Runtime, origin: Origi
     spec = await record(rt)
     await rt.store.set_state(spec.id, state)
     await fetch(rt, ranges()[0])
-    await finalize_job(ctx(rt, keys.finalize_job_id(spec.id)), spec.id)
+    await finalize_job(await ctx(rt, keys.finalize_job_id(spec.id)), spec.id)
     assert origin.ranges == []
     assert await rt.store.state(spec.id) is state
 
@@ -397,7 +401,7 @@ async def test_secret_headers_reach_the_server_but_not_logs_or_status(
 
 
 async def finalize(rt: Runtime, download_id: str = "dl1") -> None:
-    await finalize_job(ctx(rt, keys.finalize_job_id(download_id)), download_id)
+    await finalize_job(await ctx(rt, keys.finalize_job_id(download_id)), download_id)
 
 
 async def test_finalizer_renames_and_completes(rt: Runtime) -> None:
@@ -416,13 +420,39 @@ async def test_finalizer_renames_and_completes(rt: Runtime) -> None:
 async def test_finalizer_guard_lets_one_run(rt: Runtime) -> None:
     spec = await record(rt)
     await fetch_all(rt)
-    assert await rt.store.claim_finalizer(spec.id, ttl=30)  # another finalizer is running
+    assert await rt.store.claim_finalizer(spec.id, "another", ttl=30)  # another finalizer is running
     await finalize(rt)
     assert await rt.store.state(spec.id) is DownloadState.RUNNING
     assert (rt.download_dir / "f.bin.part").exists()
-    await rt.store.release_finalizer(spec.id)
+    assert await rt.redis.get(keys.download_key(spec.id, "finalize")) == b"another"  # not released: not its own
+    await rt.store.release_finalizer(spec.id, "another")
     await finalize(rt)
     assert await rt.store.state(spec.id) is DownloadState.COMPLETE
+
+
+async def test_a_finalizer_whose_guard_went_to_another_changes_nothing(
+    redis: ArqRedis, tmp_path: Path, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = make_runtime(redis, tmp_path, origin, jobs={"lease": 0.4, "slot_wait": 0.2})
+    spec = await record(rt)
+    await fetch_all(rt)
+    guard = keys.download_key(spec.id, "finalize")
+    real = worker.finalize.hash_file
+
+    async def stalled_hash(*args: Any, **kwargs: Any) -> Any:
+        # While it hashes, its guard lapses and another finalizer takes it (a stop of the
+        # process past its lease would do the same); one lease later it cannot hold it.
+        await rt.redis.set(guard, "another-finalizer", px=60_000)
+        await asyncio.sleep(rt.settings.jobs.lease * 1.5)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(worker.finalize, "hash_file", stalled_hash)
+    with pytest.raises(Retry):  # it gives up, to look again one lease later
+        await finalize(rt)
+    assert await rt.redis.get(guard) == b"another-finalizer"  # neither renewed nor released by it
+    assert await rt.store.state(spec.id) is DownloadState.VERIFYING  # not completed, not failed
+    assert (rt.download_dir / "f.bin.part").exists() and not (rt.download_dir / "f.bin").exists()  # not renamed
+    await rt.client.aclose()
 
 
 async def test_finalizer_redoes_a_corrupt_range(rt: Runtime) -> None:
@@ -500,13 +530,34 @@ async def test_verification_retries_are_bounded(redis: ArqRedis, tmp_path: Path,
     await rt.client.aclose()
 
 
-async def test_checksum_mismatch_fails_and_removes_the_part_file(rt: Runtime) -> None:
+async def test_checksum_mismatch_fails_and_keeps_the_verified_part_file(rt: Runtime, origin: Origin) -> None:
     spec = await record(rt, checksum="sha256=" + "0" * 64)
     await fetch_all(rt)
-    with pytest.raises(VerificationError, match="sha256 mismatch"):
+    with pytest.raises(VerificationError, match="sha256 mismatch.*kept the downloaded f.bin.part"):
         await finalize(rt)
     data = await rt.store.get(spec.id)
     assert data is not None and data["state"] == "failed" and "sha256 mismatch" in data["error"]
+    assert "kept the downloaded f.bin.part (43.9 KiB)" in data["error"] and "--checksum" in data["error"]
+    assert sha(part_bytes(rt)) == sha(DATA) and not (rt.download_dir / "f.bin").exists()
+    assert await rt.store.done_count(spec.id) == spec.ranges  # still marked done
+    # Enqueued again with the right digest (what producer.enqueue does): only verified, nothing fetched.
+    fetched = len(origin.ranges)
+    await rt.redis.hset(keys.download_key(spec.id), "checksum", f"sha256={sha(DATA)}")
+    await rt.store.reset_for_resume(spec.id, resumed=len(DATA))
+    await rt.store.set_state(spec.id, DownloadState.QUEUED)
+    await finalize(rt)
+    assert await rt.store.state(spec.id) is DownloadState.COMPLETE
+    assert sha((rt.download_dir / "f.bin").read_bytes()) == sha(DATA)
+    assert len(origin.ranges) == fetched
+
+
+async def test_checksum_mismatch_without_a_validator_removes_the_part_file(rt: Runtime) -> None:
+    spec = await record(rt, checksum="sha256=" + "0" * 64)
+    await fetch_all(rt)
+    await rt.redis.hdel(keys.download_key(spec.id), "etag")  # enqueuing again could not tell it is the same file
+    with pytest.raises(VerificationError, match="sha256 mismatch") as caught:
+        await finalize(rt)
+    assert "kept" not in str(caught.value)
     assert not (rt.download_dir / "f.bin.part").exists() and not (rt.download_dir / "f.bin").exists()
 
 
@@ -556,7 +607,7 @@ async def test_sweep_enqueues_missing_finalizers_and_lost_range_jobs(rt: Runtime
     spec = await record(rt)
     await fetch_all(rt)
     await rt.redis.delete(job_key_prefix + keys.finalize_job_id(spec.id))  # the enqueue was lost
-    await sweep_job(ctx(rt, "sweep:1"))
+    await sweep_job(await ctx(rt, "sweep:1"))
     assert await rt.redis.exists(job_key_prefix + keys.finalize_job_id(spec.id))
 
     other = DownloadSpec(**{**_fields(spec), "id": "dl2", "path": "g.bin"})
@@ -566,7 +617,7 @@ async def test_sweep_enqueues_missing_finalizers_and_lost_range_jobs(rt: Runtime
     await rt.store.mark_done("dl2", first, "x")
     second = ranges()[1]
     await rt.redis.enqueue_job("fetch_range", "dl2", second.start, second.end, _job_id=f"dl2:{second}")
-    await sweep_job(ctx(rt, "sweep:2"))
+    await sweep_job(await ctx(rt, "sweep:2"))
     enqueued = {k.decode() for k in await rt.redis.keys(job_key_prefix + "dl2:*")}
     assert enqueued == {job_key_prefix + keys.range_job_id("dl2", r.start, r.end) for r in ranges()[1:]}
 
@@ -575,7 +626,7 @@ async def test_sweep_scores_lost_ranges_fairly(rt: Runtime) -> None:
     spec = await record(rt)
     await rt.store.set_state(spec.id, DownloadState.RUNNING)
     head = await backlog(rt)
-    await sweep_job(ctx(rt, "sweep:1"))
+    await sweep_job(await ctx(rt, "sweep:1"))
     ids = [keys.range_job_id(spec.id, r.start, r.end) for r in ranges()]
     scores = [await rt.redis.zscore(rt.settings.queue_name, i) for i in ids]
     assert scores == [head + k for k in range(len(ranges()))]  # interleaved with the backlog, not behind it
@@ -585,10 +636,10 @@ async def test_sweep_re_enqueues_lost_ranges_of_a_download_left_queued(rt: Runti
     spec = await record(rt)
     await fetch(rt, ranges()[0])
     await rt.store.set_state(spec.id, DownloadState.QUEUED)  # resumed, and its jobs lost before any ran
-    await sweep_job(ctx(rt, "sweep:1"))
+    await sweep_job(await ctx(rt, "sweep:1"))
     assert not await rt.redis.keys(job_key_prefix + "*")  # just queued: the producer may still be enqueuing
     await rt.redis.hset(keys.download_key(spec.id), "updated", str(time.time() - QUEUED_GRACE - 1))
-    await sweep_job(ctx(rt, "sweep:2"))
+    await sweep_job(await ctx(rt, "sweep:2"))
     enqueued = {k.decode() for k in await rt.redis.keys(job_key_prefix + "*")}
     assert enqueued == {job_key_prefix + keys.range_job_id(spec.id, r.start, r.end) for r in ranges()[1:]}
     for rng in ranges()[1:]:
@@ -602,9 +653,9 @@ async def test_sweep_leaves_recently_requeued_downloads_alone(rt: Runtime) -> No
     spec = await record(rt)
     await rt.redis.hset(keys.download_key(spec.id), "created", str(time.time() - 3600))
     await rt.store.set_state(spec.id, DownloadState.CANCELLED)
-    await sweep_job(ctx(rt, "sweep:1"))
+    await sweep_job(await ctx(rt, "sweep:1"))
     await rt.store.set_state(spec.id, DownloadState.QUEUED)  # resumed just now
-    await sweep_job(ctx(rt, "sweep:2"))
+    await sweep_job(await ctx(rt, "sweep:2"))
     assert not await rt.redis.keys(job_key_prefix + "*")
 
 

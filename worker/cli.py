@@ -38,7 +38,7 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from rangefetch import QueueError, Settings
-from rangefetch.cli import build_settings, network_options, run, setup_logging
+from rangefetch.cli import build_settings, network_options, run, setup_logging, speed_options
 from rangefetch.connections import PATIENT_OUTAGE, RedisLink, redis_settings
 from rangefetch.network import check_network
 
@@ -61,6 +61,7 @@ T = TypeVar("T")
 @click.option("--burst", is_flag=True, help="Stop once the queue is empty.")
 @click.option("--redis", "redis_url", help="Redis URL (default: RANGEFETCH_REDIS_URL).")
 @network_options
+@speed_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def worker(
     concurrency: int | None,
@@ -70,9 +71,15 @@ def worker(
     no_proxy: str | None,
     ca_certificate: Path | None,
     insecure: bool | None,
+    speed_limit: str | None,
+    speed_time: float | None,
     verbose: bool,
 ) -> None:
-    """Fetch ranges and finalize downloads from the Redis queue until stopped."""
+    """Fetch ranges and finalize downloads from the Redis queue until stopped.
+
+    A connection slower than --speed-limit over --speed-time is re-opened
+    from its last byte.
+    """
     # A worker is a service: it logs what it does (info) by default, with times and sources.
     setup_logging(2 if verbose else 1, fmt=LOG_FORMAT)
 
@@ -80,6 +87,7 @@ def worker(
         settings = build_settings(
             worker_concurrency=concurrency, redis_url=redis_url,
             proxy=proxy, no_proxy=no_proxy, ca_certificate=ca_certificate, insecure=insecure,
+            speed_limit=speed_limit, speed_time=speed_time,
         )  # fmt: skip
         redis_settings(settings)  # a missing or malformed URL fails here, in one line
         check_network(settings)

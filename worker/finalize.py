@@ -11,7 +11,11 @@ as they finished and runs the same steps (``finalize``) with what it found.
    anything; a second finalizer that gets past the job id (a sweep right
    after the first finished, say) finds the guard taken or the download no
    longer running and returns.  The guard is a lease renewed while the
-   finalizer runs, so a finalizer killed with its worker is redone.
+   finalizer runs, holding the run's own token (``Lease.token``), so a
+   finalizer killed with its worker is redone, and one whose guard lapsed
+   (its process stopped for longer than a lease, say) finds out: it
+   renames, completes, fails or sends back nothing once its lease is in
+   doubt (``Lease.check``), and leaves the download to the guard's holder.
 2. **Verify.**  Every planned range must be in the ``done`` set.  The
    ``.part`` file must have the download's size.  One sequential pass over
    the file (in a thread; or the early verifier's, made as the ranges
@@ -22,8 +26,13 @@ as they finished and runs the same steps (``finalize``) with what it found.
    ``Store.redo``, state back to ``running``, the guard released, and their
    range jobs enqueued.  A range redone more than
    ``Settings.max_verify_retries`` times fails the download instead.
-4. **Checksum mismatch** fails the download and removes the ``.part`` file:
-   the remote file is not what the user asked for.
+4. **Checksum mismatch** fails the download: the remote file is not what
+   the user asked for, or the ``--checksum`` was mistyped.  The verified
+   ``.part`` file is kept with its ranges marked done, and the message says
+   so, when enqueuing again can tell it is the same remote file (an ETag or
+   Last-Modified to compare): enqueued again with the right ``--checksum``,
+   the download is only verified, no range fetched again
+   (``producer.enqueue``).  Without a validator it is removed.
 5. **All good**: ``PartFile.commit()`` renames ``.part`` to the final name
    and fsyncs the directory; the download becomes ``complete`` with its
    sha256.  If a finalizer dies between the rename and that state change,
@@ -52,13 +61,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from arq import Retry
 from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
 
@@ -73,6 +80,7 @@ from rangefetch import (
     plan_ranges,
     resolve_output,
 )
+from rangefetch.display import format_bytes
 from rangefetch.plan import Range
 from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.state import DownloadState
@@ -80,7 +88,7 @@ from rangefetch.store import DownloadSpec
 
 from .downloads import active_spec, fail
 from .files import Hashed, check_size, hash_file, open_for_reading
-from .runtime import HARD_STOP_MARGIN, Lease, Runtime
+from .runtime import HARD_STOP_MARGIN, Lease, LeaseLost, Runtime
 
 __all__ = ["QUEUED_GRACE", "count_redos", "finalize", "finalize_job", "sweep_job"]
 
@@ -96,7 +104,7 @@ async def finalize_job(ctx: dict[str, Any], download_id: str) -> None:
     download to it: the verifier finishes it with what it already hashed.
 
     Raises:
-        arq.Retry: Redis failed; try again shortly.
+        arq.Retry: Redis failed, or the guard's lease was lost; try again later.
         RangefetchError: verification failed for good; already recorded on the download.
     """
     rt = Runtime.of(ctx)
@@ -106,9 +114,16 @@ async def finalize_job(ctx: dict[str, Any], download_id: str) -> None:
                 log.info("download %s: its verifier is finishing it", download_id)
                 return
             await finalize(rt, lease, download_id)
+        except LeaseLost as exc:
+            log.warning("finalizer of %s: %s; leaving the download to the guard's holder", download_id, exc)
+            raise lease.give_up() from None
         except QueueError as exc:
+            retry = rt.redis_retry(lease)
+            if retry is None:
+                log.error("finalizer of %s: %s; too often in a row: the sweep enqueues it again", download_id, exc)
+                return
             log.warning("finalizer of %s: %s; retrying", download_id, exc)
-            raise Retry(defer=2 * rt.settings.jobs.slot_wait) from exc
+            raise retry from exc
 
 
 async def finalize(rt: Runtime, lease: Lease, download_id: str, *, hashed: Hashed | None = None) -> bool:
@@ -119,6 +134,7 @@ async def finalize(rt: Runtime, lease: Lease, download_id: str, *, hashed: Hashe
 
     Raises:
         QueueError: Redis failed.
+        LeaseLost: ``lease`` (with the guard) lapsed or was taken; nothing was changed since.
         RangefetchError: verification failed for good; already recorded on the download.
     """
     store = rt.store
@@ -126,14 +142,14 @@ async def finalize(rt: Runtime, lease: Lease, download_id: str, *, hashed: Hashe
         found = await active_spec(store, download_id)
         if found is None:
             return True
-        if not await store.claim_finalizer(download_id, ttl=math.ceil(rt.settings.jobs.lease)):
+        if not await store.claim_finalizer(download_id, lease.token, ttl=rt.settings.jobs.lease):
             log.info("download %s: another finalizer holds the guard", download_id)
             return False
         lease.guard = download_id
         try:
             limit = rt.settings.jobs.finalize_timeout * (1 - HARD_STOP_MARGIN)
             async with asyncio.timeout(limit) as deadline:
-                await _finalize(rt, *found, hashed)
+                await _finalize(rt, lease, *found, hashed)
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
@@ -142,16 +158,17 @@ async def finalize(rt: Runtime, lease: Lease, download_id: str, *, hashed: Hashe
             ) from exc
         finally:
             lease.guard = None
-            await _release(rt, download_id)
-    except QueueError:
+            await _release(rt, download_id, lease.token)
+    except (QueueError, LeaseLost):
         raise
     except Exception as exc:
+        lease.check()  # a finalizer that lost its guard leaves the verdict to the one that holds it
         if await fail(store, download_id, exc):
             raise
     return True
 
 
-async def _finalize(rt: Runtime, spec: DownloadSpec, state: DownloadState, hashed: Hashed | None) -> None:
+async def _finalize(rt: Runtime, lease: Lease, spec: DownloadSpec, state: DownloadState, hashed: Hashed | None) -> None:
     store = rt.store
     planned = plan_ranges(spec.size, spec.chunk_size)
     done = await store.done_ranges(spec.id)
@@ -159,9 +176,10 @@ async def _finalize(rt: Runtime, spec: DownloadSpec, state: DownloadState, hashe
     if missing:
         # A stale trigger, or a redo cut short: fetch what is missing.
         log.info("download %s: %d ranges are not done yet", spec.id, len(missing))
+        lease.check()
         if state is DownloadState.VERIFYING:
             await store.set_state(spec.id, DownloadState.RUNNING)
-        await _release(rt, spec.id)
+        await _release(rt, spec.id, lease.token)
         await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, missing, front=True)
         return
     if state is not DownloadState.VERIFYING:
@@ -176,23 +194,43 @@ async def _finalize(rt: Runtime, spec: DownloadSpec, state: DownloadState, hashe
         hashed = await hash_file(source, spec.size, planned, algorithms)
     recorded = await store.digests(spec.id)
     bad = [r for r, digest in zip(planned, hashed.digests, strict=True) if recorded.get(r) != digest]
+    lease.check()  # what follows acts on the verdict: only the guard's holder may
     if bad:
-        await _redo(rt, spec, bad)
+        await _redo(rt, lease, spec, bad)
         return
     whole = hashed.whole
     if checksum is not None:
         try:
             checksum.check(whole)
-        except VerificationError:
-            await asyncio.to_thread(part.discard)
-            raise
+        except VerificationError as exc:
+            kept = _kept(spec, part, source)
+            if kept is None:
+                await asyncio.to_thread(part.discard)
+                raise
+            raise VerificationError(f"{exc}; {kept}") from exc
     if source == part.part:
         await asyncio.to_thread(part.commit)
     await store.set_state(spec.id, DownloadState.COMPLETE, sha256=whole["sha256"])
     log.info("download %s complete: %s (sha256 %s)", spec.id, spec.path, whole["sha256"])
 
 
-async def _redo(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None:
+def _kept(spec: DownloadSpec, part: PartFile, source: Path) -> str | None:
+    """What to tell the user about the verified file a checksum mismatch leaves, or ``None``: remove it.
+
+    It is kept, its ranges still marked done, when enqueuing again can tell
+    it is the same remote file (``producer.enqueue`` compares the ETag or
+    Last-Modified, else it starts over) and it is the ``.part`` file, not
+    the final one a finalizer that died renamed.
+    """
+    if spec.size == 0 or source != part.part or not (spec.etag or spec.last_modified):
+        return None
+    return (
+        f"kept the downloaded {spec.path}.part ({format_bytes(spec.size)}) and its finished ranges: "
+        "enqueue it again with the right --checksum to verify it without downloading again"
+    )
+
+
+async def _redo(rt: Runtime, lease: Lease, spec: DownloadSpec, bad: list[Range]) -> None:
     """Send ``bad`` ranges back to be fetched, or fail once one was redone too often.
 
     Raises:
@@ -201,7 +239,7 @@ async def _redo(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None:
     await count_redos(rt, spec, bad)
     await rt.store.set_state(spec.id, DownloadState.RUNNING)
     # Released before the enqueue, so the finalizer those ranges trigger finds the guard free.
-    await _release(rt, spec.id)
+    await _release(rt, spec.id, lease.token)
     await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, bad, front=True)
 
 
@@ -223,9 +261,9 @@ async def count_redos(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None
     log.warning("download %s: %d ranges failed verification; fetching them again", spec.id, len(bad))
 
 
-async def _release(rt: Runtime, download_id: str) -> None:
+async def _release(rt: Runtime, download_id: str, owner: str) -> None:
     try:
-        await rt.store.release_finalizer(download_id)
+        await rt.store.release_finalizer(download_id, owner)
     except QueueError as exc:  # it is a lease: it lapses by itself
         log.warning("finalizer of %s: %s", download_id, exc)
 

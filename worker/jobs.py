@@ -24,13 +24,21 @@ How a run ends
   (a stalled disk or Redis) into a retry.  Yielding also lets other
   downloads have the connection slot.
 * **No free slot**: ``Retry(defer=slot_wait * U(0.5, 1.5))`` without
-  holding a worker slot; the jitter spreads the retries out.
+  holding a worker slot; the jitter spreads the retries out.  The wait
+  ends: every slot is a lease that its holder renews only while it holds
+  it (``scripts.RENEW``), so the slot of a run that died or lost its lease
+  is free again one lease later.
 * **Transient failure** (``RetriesExhaustedError`` after ``fetch_range``'s
-  own backoff, or Redis): progress is recorded and the job retried with
+  own backoff): progress is recorded and the job retried with
   backoff.  arq's try counter also counts budget continuations and slot
   waits, so it is set out of reach and the count that decides failure is
   ours: ``Store.count_attempt`` counts runs in a row that made no progress,
-  and ``Settings.jobs.max_attempts`` of them fail the download.
+  and ``Settings.jobs.max_attempts`` of them fail the download.  While
+  the low-speed rule is on, a run made progress only if it brought what the
+  rule asks for the time it ran (``LowSpeed``: 1 KiB a second, at most one
+  window of 30 KiB): a trickle that sends a few bytes per run still fails.
+  Each retry wait, in the run or between runs, is noted on the download
+  (``Store.note_retry``) for ``status`` and ``get --redis`` to show.
 * **Permanent failure** (the remote changed, a protocol violation, a
   4xx, a certificate that cannot be verified (``TLSError``), an unsafe
   path, a missing ``.part``): the range and the download are marked failed
@@ -43,14 +51,26 @@ How a run ends
   of fsynced bytes, so nothing is lost or counted twice.
 * **Download stopped** (cancelled, failed elsewhere, gone): the job saves
   its progress and returns without error.
+* **Lease lost** (the run's claims lapsed, say while its process was
+  stopped, or another run holds them: ``worker.runtime``): not one more
+  byte is written (``FileWriter`` asks ``Lease.valid`` before each
+  ``pwrite``), no progress and no finished range recorded; the run gives
+  the range up and its job comes back one lease later
+  (``Lease.give_up``), by when the run that took it over holds it or has
+  finished it.
+* **Redis failing** (``QueueError``): retried with a growing delay;
+  ``jobs.max_attempts`` such runs in a row give the job up, and the sweep
+  enqueues it again once Redis answers (``Runtime.redis_retry``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
+import time
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -78,7 +98,7 @@ from rangefetch.store import DownloadSpec
 
 from .downloads import active_spec, fail
 from .files import RangeDigest, hash_prefix, hash_range, open_part, part_path
-from .runtime import HARD_STOP_MARGIN, Lease, Runtime
+from .runtime import HARD_STOP_MARGIN, Lease, LeaseLost, Runtime
 from .verifier import start_verifier
 
 __all__ = ["fetch_range_job", "host_key"]
@@ -88,6 +108,7 @@ log = logging.getLogger(__name__)
 # Each running range job has its own writer: a worker running 8 jobs keeps
 # 8 x this queued at most, so its memory stays near embedded mode's.
 JOB_WRITE_BUDGET = 1024 * 1024
+NOTE_TIMEOUT = 2.0  # seconds a retry note may take to reach Redis before it is skipped
 
 
 class _End(Enum):
@@ -110,14 +131,24 @@ async def fetch_range_job(ctx: dict[str, Any], download_id: str, start: int, end
         try:
             async with asyncio.timeout(timeout * (1 - HARD_STOP_MARGIN)) as deadline:
                 await _run(rt, lease, download_id, rng)
+        except LeaseLost as exc:
+            log.warning("range %s of %s: %s; giving the range up", rng, download_id, exc)
+            raise lease.give_up() from None
         except TimeoutError:
             if not deadline.expired():
                 raise
             log.warning("range %s of %s overran; continuing in a new job", rng, download_id)
             raise Retry(defer=0) from None
         except QueueError as exc:
+            if not lease.valid():
+                log.warning("range %s of %s: %s; its lease lapsed meanwhile: giving it up", rng, download_id, exc)
+                raise lease.give_up() from exc
+            retry = rt.redis_retry(lease)
+            if retry is None:
+                log.error("range %s of %s: %s; too often in a row: the sweep enqueues it again", rng, download_id, exc)
+                return
             log.warning("range %s of %s: %s; retrying", rng, download_id, exc)
-            raise Retry(defer=_jitter(rt.settings.jobs.slot_wait * 2)) from exc
+            raise retry from exc
 
 
 async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
@@ -142,12 +173,14 @@ async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
             os.close(fd)
         if digest is None:  # found done (a lost mark_done), or written out of order: read it back
             digest = await hash_range(part, rng)
-    except (Retry, QueueError, asyncio.CancelledError):
+    except (Retry, QueueError, LeaseLost, asyncio.CancelledError):
         raise
     except Exception as exc:
+        lease.check()  # the error of a run that lost its lease (its writes refused) fails nothing
         if await fail(store, download_id, exc, rng=rng):
             raise
         return
+    lease.check()  # the range may be another run's now: that one records it
     count = await store.mark_done(download_id, rng, digest)
     log.debug("range %s of %s done (%d of %d)", rng, download_id, count, spec.ranges)
     if count >= spec.ranges:
@@ -171,7 +204,9 @@ async def _fetch(
     store, jobs = rt.store, rt.settings.jobs
     host = host_key(spec.final_url)
     limits = {keys.sem_host(host): rt.settings.per_host_connections, keys.sem_download(spec.id): spec.connections}
-    token = keys.range_job_id(spec.id, rng.start, rng.end)
+    # This run's own token ("DOWNLOAD:START-END#RUN"), so that renewing it tells
+    # whether this run still holds the slots (``Lease``), not just the job.
+    token = f"{keys.range_job_id(spec.id, rng.start, rng.end)}#{lease.token}"
     taken = await store.acquire_fair(
         token, spec.id, limits, waiters=keys.sem_waiters(host), ttl=jobs.lease, wait_ttl=max(5.0, 5 * jobs.slot_wait)
     )
@@ -180,13 +215,13 @@ async def _fetch(
     lease.slots = (token, list(limits))
     try:
         await store.start_range(spec.id, rng, rt.worker_id)
-        transfer = _Transfer(rt, spec, rng, target, done)
+        transfer = _Transfer(rt, lease, spec, rng, target, done)
         return await transfer.run(), transfer.digest()
     finally:
         lease.slots = None
         try:
             await store.release_slots(token, list(limits))
-            await store.stop_range(spec.id, rng)
+            await store.stop_range(spec.id, rng, rt.worker_id)
         except QueueError as exc:  # the leases lapse by themselves
             log.warning("range %s of %s: %s", rng, spec.id, exc)
 
@@ -204,10 +239,11 @@ class _RecordingBackoff(Backoff):
 class _Transfer:
     """One run of a range: ``fetch_range`` plus checkpoints, the budget and the stop check."""
 
-    def __init__(self, rt: Runtime, spec: DownloadSpec, rng: Range, target: _Target, done: int) -> None:
-        self.rt, self.spec, self.rng, self.target = rt, spec, rng, target
+    def __init__(self, rt: Runtime, lease: Lease, spec: DownloadSpec, rng: Range, target: _Target, done: int) -> None:
+        self.rt, self.lease, self.spec, self.rng, self.target = rt, lease, spec, rng, target
         self.started = self.written = self.saved = done
-        self.backoff = _RecordingBackoff(rt.settings.retry)
+        self.began = time.monotonic()
+        self.backoff = _RecordingBackoff(rt.settings.retry, on_retry=self._note_retry)
         self.bounded: _Bounded | None = None
 
     def digest(self) -> str | None:
@@ -219,6 +255,25 @@ class _Transfer:
 
     def _count(self, n: int) -> None:
         self.written += n
+
+    def _progressed(self) -> bool:
+        """Whether this run moved the range on: the bytes the low-speed rule asks for its time (a window at most).
+
+        Not just any byte: a trickle brings a few bytes to every run, and
+        would start the count over forever, whether or not a run is long
+        enough for the rule to trip in it.  With the rule off, any byte counts.
+        """
+        rule = self.rt.settings.low_speed
+        asked = min(rule.window, math.ceil(rule.limit * (time.monotonic() - self.began)))
+        return self.saved - self.started >= max(1, asked)
+
+    async def _note_retry(self, delay: float, exc: TransientError) -> None:
+        """Record a retry wait on the download, for ``status`` and ``get --redis``: "retrying in 4 s (HTTP 503)"."""
+        try:
+            async with asyncio.timeout(NOTE_TIMEOUT):
+                await self.rt.store.note_retry(self.spec.id, exc.reason, time.time() + delay)
+        except (QueueError, TimeoutError) as error:  # only shown, never worth holding up the retry
+            log.debug("range %s of %s: retry not recorded: %s", self.rng, self.spec.id, error)
 
     async def run(self) -> _End:
         """Fetch until done, out of budget or stopped; always fsync and record what was written.
@@ -233,8 +288,8 @@ class _Transfer:
         # The range's digest is taken from the bytes as they are written;
         # bytes written by earlier runs are read back once to start it.
         digest = await hash_prefix(self.target.path, self.rng, self.written)
-        async with FileWriter(self.target.fd, budget=JOB_WRITE_BUDGET) as writer:
-            self.bounded = _Bounded(writer, self.rng, digest, self.rng.start + self.written)
+        async with FileWriter(self.target.fd, budget=JOB_WRITE_BUDGET, allowed=self.lease.valid) as writer:
+            self.bounded = _Bounded(writer, self.lease, self.rng, digest, self.rng.start + self.written)
             try:
                 end = await self._loop(self.bounded)
             except (TransientError, RetriesExhaustedError) as exc:
@@ -251,13 +306,16 @@ class _Transfer:
 
     async def _retry_later(self, exc: TransientError | RetriesExhaustedError) -> None:
         """Raise ``Retry`` with backoff, or ``RetriesExhaustedError`` after too many runs without progress."""
+        self.lease.check()  # a run that lost its lease counts nothing: the range may be another run's
         rng, jobs = self.rng, self.rt.settings.jobs
-        attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self.saved > self.started)
+        attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self._progressed())
         if attempts >= jobs.max_attempts:
             raise RetriesExhaustedError(f"range {rng} failed {attempts} times in a row: {exc}", range=rng) from exc
         cause = exc if isinstance(exc, TransientError) else exc.__cause__
-        delay = self._delay(attempts, cause if isinstance(cause, TransientError) else TransientError(str(exc)))
+        why = cause if isinstance(cause, TransientError) else TransientError(str(exc))
+        delay = self._delay(attempts, why)
         log.info("range %s of %s: %s; retrying in %.1fs", rng, self.spec.id, exc, delay)
+        await self._note_retry(delay, why)
         raise Retry(defer=delay) from exc
 
     def _delay(self, attempts: int, exc: TransientError) -> float:
@@ -292,6 +350,7 @@ class _Transfer:
                         done=self.written,
                         backoff=self.backoff,
                         on_progress=self._count,
+                        low_speed=rt.settings.low_speed,
                     )  # fmt: skip
                 )
                 while not task.done():
@@ -310,7 +369,12 @@ class _Transfer:
         return end
 
     async def _checkpoint(self, writer: FileWriter) -> bool:
-        """Fsync and record progress; whether the download still wants this range."""
+        """Fsync and record progress; whether the download still wants this range.
+
+        Raises:
+            LeaseLost: the run lost its lease (its writes are refused already).
+        """
+        self.lease.check()
         try:
             await self._save(writer)
             state = await self.rt.store.state(self.spec.id)
@@ -325,17 +389,19 @@ class _Transfer:
         try:
             await writer.flush()
             if written != self.saved:
+                self.lease.check()  # a run that lost its lease records nothing: the range may be another run's
                 await self.rt.store.set_progress(self.spec.id, self.rng, written)
                 self.saved = written
-        except RangefetchError as exc:
+        except (RangefetchError, LeaseLost) as exc:
             if not quiet:
                 raise
             log.warning("range %s of %s: progress not saved: %s", self.rng, self.spec.id, exc)
 
     async def _settle(self, end: _End) -> _End:
+        self.lease.check()
         rng, jobs = self.rng, self.rt.settings.jobs
         if end is _End.BUDGET:
-            attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self.saved > self.started)
+            attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self._progressed())
             last = self.backoff.last
             if attempts >= jobs.max_attempts:
                 why = f": {last}" if last else ""
@@ -344,6 +410,8 @@ class _Transfer:
             # one that spent its budget failing waits as the last failure asks.
             delay = self._delay(attempts, last) if attempts and last else 0
             log.info("range %s of %s: budget used at byte %d of %d", rng, self.spec.id, self.saved, rng.length)
+            if delay and last:
+                await self._note_retry(delay, last)
             raise Retry(defer=delay)
         if end is _End.DONE and self.saved != rng.length:
             raise ProtocolError(f"range {rng} ended after {self.saved} of {rng.length} bytes", range=rng)
@@ -351,7 +419,7 @@ class _Transfer:
 
 
 class _Bounded:
-    """A writer that refuses bytes outside its range (``fetch_range`` checks Content-Range too).
+    """A writer that refuses bytes outside its range (``fetch_range`` checks Content-Range too), or without its lease.
 
     It also digests what it writes: ``digest`` covers the range up to
     ``next``.  ``fetch_range`` writes in order, resuming where it stopped;
@@ -359,14 +427,15 @@ class _Bounded:
     is read back instead.
     """
 
-    def __init__(self, inner: FileWriter, rng: Range, digest: RangeDigest, next_offset: int) -> None:
-        self.inner, self.rng = inner, rng
+    def __init__(self, inner: FileWriter, lease: Lease, rng: Range, digest: RangeDigest, next_offset: int) -> None:
+        self.inner, self.lease, self.rng = inner, lease, rng
         self.digest: RangeDigest | None = digest
         self.next = next_offset
 
     async def write(self, offset: int, data: bytes) -> None:
         if offset < self.rng.start or offset + len(data) - 1 > self.rng.end:
             raise ProtocolError(f"bytes at {offset}+{len(data)} fall outside range {self.rng}", range=self.rng)
+        self.lease.check()  # the writer thread asks too, for what is queued already
         await self.inner.write(offset, data)
         if self.digest is not None and offset == self.next:
             self.digest.update(data)

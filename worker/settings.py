@@ -30,6 +30,11 @@ What we choose
   of the same length.  A dead worker's range is therefore picked up again
   about 20 s later (plus one poll), well within a minute, and resumes from
   its recorded progress.
+* **The low-speed rule** (``Settings.low_speed``, 1 KiB/s over 30 s) runs
+  in every range job, and a run that brought less than the rule asks for
+  its time (one window at most) is a run without progress
+  (``worker.jobs``), so a trickle fails after ``jobs.max_attempts`` runs
+  even when a run is shorter than the rule's window.
 * **``max_tries``** is set out of reach: slot waits and budget continuations
   are retries too, and our own count (runs in a row without progress,
   ``jobs.max_attempts``) decides when a range has failed.

@@ -26,7 +26,16 @@ does that reading while the other ranges are still being fetched:
   has, under the same guard: the finalizer checks the size, compares each
   range's digest with the recorded one, checks the checksum and renames.
   The finalizer job the last range enqueued sees the live lease and leaves
-  the download to the verifier.
+  the download to the verifier.  Should another finalizer hold the guard,
+  the verifier waits for it at most ``FINISH_WAIT`` leases: enough for the
+  guard of a finalizer that died to lapse; a live one finishes the
+  download itself.
+* **The lease** is a ``worker.runtime.Lease`` holding the verifier lease
+  (and the guard while it finishes): renewed every quarter lease, lost
+  when a renewal finds it lapsed or taken, or when one lease has passed
+  since the last renewal Redis confirmed (Redis failing, the process
+  stopped).  Then the verifier stops: it sends no range back and finishes
+  nothing.
 * **When it stops early** (the download was cancelled or failed, the lease
   was lost, the worker stops, or the file could not be read), it gives the
   lease back, or marks it stopped for one lease after an error so that it
@@ -40,6 +49,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import takewhile
@@ -53,15 +63,16 @@ from rangefetch.store import DownloadSpec
 from .downloads import fail
 from .files import Hashed, hash_window_at, part_path
 from .finalize import count_redos, finalize
-from .runtime import Lease, Runtime, background
+from .runtime import Lease, LeaseLost, Runtime, background
 
-__all__ = ["AHEAD", "POLL", "Verifier", "start_verifier"]
+__all__ = ["AHEAD", "FINISH_WAIT", "POLL", "Verifier", "start_verifier"]
 
 log = logging.getLogger(__name__)
 
 POLL = 0.05  # seconds before the first retry of a finalizer guard held by another
 WAKE = 1.0  # seconds between looks for finished ranges when no message came (``keys.done_channel``)
 AHEAD = 64  # recorded digests read per look
+FINISH_WAIT = 2  # leases the verifier waits at most for a finalizer guard another holds
 
 
 async def start_verifier(rt: Runtime, spec: DownloadSpec) -> None:
@@ -72,28 +83,33 @@ async def start_verifier(rt: Runtime, spec: DownloadSpec) -> None:
     """
     if not rt.settings.jobs.verify_early or spec.id in rt.verifiers:
         return
+    since = time.monotonic()
     if await rt.store.claim_verifier(spec.id, rt.worker_id, ttl=rt.settings.jobs.lease):
         log.info("download %s: verifying finished ranges as they come", spec.id)
-        rt.run_verifier(spec.id, Verifier(rt, spec).run())
+        rt.run_verifier(spec.id, Verifier(rt, spec, since=since).run())
 
 
 class Verifier:
-    """Follows one download's finished ranges in file order; see the module docstring."""
+    """Follows one download's finished ranges in file order; see the module docstring.
 
-    def __init__(self, rt: Runtime, spec: DownloadSpec) -> None:
+    ``since``: when its verifier lease was claimed (``time.monotonic()``).
+    """
+
+    def __init__(self, rt: Runtime, spec: DownloadSpec, *, since: float) -> None:
         self.rt, self.spec = rt, spec
-        self.lost = False  # the lease went to someone else: stop
+        self.lease = Lease(rt, None, since=since, verifier=spec.id)
 
     async def run(self) -> None:
         """Verify until the download is finished or there is nothing more to do; never raises but cancellation."""
-        rt, spec = self.rt, self.spec
-        lease = Lease(rt, None)
+        spec, lease = self.spec, self.lease
         stopped = False  # gave up after an error: keep others off for one lease
         try:
-            async with background(self._keep(lease), name=f"verifier lease {spec.id}"):
+            async with background(lease.keep(), name=f"verifier lease {spec.id}"):
                 hashed = await self._follow()
-                if hashed is not None and not self.lost:
-                    await self._finish(lease, hashed)
+                if hashed is not None and lease.valid():
+                    await self._finish(hashed)
+        except LeaseLost as exc:
+            log.warning("verifier of %s stops: %s", spec.id, exc)
         except RangefetchError as exc:  # a failure of the download itself is already recorded on it
             log.warning("verifier of %s stops: %s", spec.id, exc)
             stopped = True
@@ -130,7 +146,7 @@ class Verifier:
         digests: list[str] = []
         while len(digests) < len(planned):
             state = await store.state(spec.id)
-            if self.lost or state is None or state.finished:
+            if not self.lease.valid() or state is None or state.finished:
                 return None
             ahead = planned[len(digests) : len(digests) + AHEAD]
             ready = list(takewhile(bool, await store.digests_of(spec.id, ahead)))
@@ -146,7 +162,7 @@ class Verifier:
                     break
                 digests.append(digest)
                 log.debug("verifier of %s: range %s verified", spec.id, rng)
-                if self.lost:
+                if not self.lease.valid():
                     return None
             await store.set_verified(spec.id, planned[len(digests) - 1].end + 1 if digests else 0)
         return Hashed(digests, {a: h.hexdigest() for a, h in zip(algorithms, whole, strict=True)})
@@ -156,7 +172,9 @@ class Verifier:
 
         Raises:
             VerificationError: it failed verification too often; the download is failed.
+            LeaseLost: the verifier lost its lease: the next verifier judges the range.
         """
+        self.lease.check()
         try:
             await count_redos(self.rt, self.spec, [rng])
         except VerificationError as exc:
@@ -164,29 +182,21 @@ class Verifier:
             raise
         await enqueue_ranges(self.rt.redis, self.rt.settings.queue_name, self.spec.id, [rng], front=True)
 
-    async def _finish(self, lease: Lease, hashed: Hashed) -> None:
-        """Run the finalizer's steps with ``hashed``, waiting while another finalizer holds the guard."""
+    async def _finish(self, hashed: Hashed) -> None:
+        """Run the finalizer's steps with ``hashed``, waiting ``FINISH_WAIT`` leases at most for another's guard.
+
+        Raises:
+            LeaseLost: the verifier lost its lease (or the guard) on the way.
+        """
+        give_up = time.monotonic() + FINISH_WAIT * self.rt.settings.jobs.lease
         delay = POLL
-        while not await finalize(self.rt, lease, self.spec.id, hashed=hashed):
-            if self.lost:
+        while not await finalize(self.rt, self.lease, self.spec.id, hashed=hashed):
+            self.lease.check()
+            if time.monotonic() >= give_up:
+                log.info("verifier of %s: another finalizer keeps the guard; leaving the download to it", self.spec.id)
                 return
             await asyncio.sleep(delay)
             delay = min(1.0, 2 * delay)
-
-    async def _keep(self, lease: Lease) -> None:
-        """Renew the verifier lease (and the guard, while finishing) every quarter lease."""
-        rt, spec = self.rt, self.spec
-        ttl = rt.settings.jobs.lease
-        while True:
-            await asyncio.sleep(ttl / 4)
-            try:
-                if not await rt.store.renew_verifier(spec.id, rt.worker_id, ttl=ttl):
-                    log.warning("verifier of %s lost its lease; stopping", spec.id)
-                    self.lost = True
-                    return
-                await lease.renew()
-            except QueueError as exc:
-                log.warning("verifier of %s: %s", spec.id, exc)
 
     async def _leave(self, *, stopped: bool) -> None:
         """Give the lease back (or mark it stopped); hand a download whose ranges are all done to the finalizer."""
