@@ -9,9 +9,20 @@
 # With BENCH_CA set (run.py's TLS scenarios: the bench CA's certificate), the
 # workers and `get` get `--ca-certificate BENCH_CA`, and the environment
 # RANGEFETCH_CA_CERTIFICATE=BENCH_CA; unset, the command lines are the plain ones.
+# The scale-out rows (run.py's per-address scenario) set three more, each
+# unset by default: DIST_CONCURRENCY (each worker's -c; default 16/WORKERS),
+# DIST_CONNECTIONS (get's -c; default 16) and DIST_INTERFACES (comma list:
+# worker n gets `--interface` the n-th address, as if on a host of its own).
 set -u
 workers=$1 url=$2 out=$3
 shift 3
+concurrency=${DIST_CONCURRENCY:-$((16 / workers))}
+connections=${DIST_CONNECTIONS:-16}
+interfaces=${DIST_INTERFACES:-}
+if [ -n "$interfaces" ] && [ "$(echo "$interfaces" | tr ',' '\n' | grep -c .)" -lt "$workers" ]; then
+    echo "dist.sh: DIST_INTERFACES ($interfaces) names fewer than $workers addresses" >&2
+    exit 2
+fi
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
@@ -33,7 +44,9 @@ fi
 pids=""
 n=0
 while [ "$n" -lt "$workers" ]; do
-    "$@" worker -c $((16 / workers)) --redis "$url_redis" \
+    address=""
+    [ -n "$interfaces" ] && address=$(echo "$interfaces" | cut -d, -f$((n + 1)))
+    "$@" worker -c "$concurrency" --redis "$url_redis" ${address:+--interface} ${address:+"$address"} \
         ${BENCH_CA:+--ca-certificate} ${BENCH_CA:+"$BENCH_CA"} >>"$dir/worker.log" 2>&1 &
     pids="$pids $!"
     n=$((n + 1))
@@ -56,7 +69,7 @@ if [ "$started" -eq 1 ]; then
         python3 -c 'import sys, time; time.sleep((float(sys.argv[1]) - time.time() % 1.0) % 1.0)' "$BENCH_PHASE"
     fi
     t0=$(date +%s.%N)
-    "$@" get "$url" -o "$out" -c 16 -q --redis "$url_redis" \
+    "$@" get "$url" -o "$out" -c "$connections" -q --redis "$url_redis" \
         ${BENCH_CA:+--ca-certificate} ${BENCH_CA:+"$BENCH_CA"}
     rc=$?
     t1=$(date +%s.%N)

@@ -4,7 +4,9 @@
 nginx on 127.0.0.1 serves one random file directly ("unthrottled") and through a
 ``stream`` proxy capping each TCP connection ("capped"), over plain HTTP and over
 HTTPS with TLS 1.3 ("tls-unthrottled", "tls-capped"; the harness makes its own CA
-with the openssl CLI). Stdlib only, Linux only; see bench/README.md.
+with the openssl CLI), and through one that also limits each client address to 4
+connections ("per-address": scale-out over H simulated hosts, bench/scaleout.py).
+Stdlib only (the per-address plot needs matplotlib), Linux only; see bench/README.md.
 """
 from __future__ import annotations
 
@@ -30,9 +32,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import scaleout
+from scaleout import Sessions
 
 MB, MIB, GIB = 10**6, 1 << 20, 1 << 30
 CONNECTIONS = 16
@@ -44,12 +49,15 @@ class Scenario:
     name: str
     tls: bool  # HTTPS (TLS 1.3) instead of plain HTTP
     capped: bool  # through the stream proxy that caps each TCP connection
+    per_address: bool = False  # ... which also limits each source address (bench/scaleout.py)
 
 
 SCENARIOS = {s.name: s for s in (Scenario("unthrottled", tls=False, capped=False),
                                  Scenario("capped", tls=False, capped=True),
                                  Scenario("tls-unthrottled", tls=True, capped=False),
-                                 Scenario("tls-capped", tls=True, capped=True))}
+                                 Scenario("tls-capped", tls=True, capped=True),
+                                 Scenario(scaleout.SCENARIO, tls=False, capped=True,
+                                          per_address=True))}
 # Distributed-mode rows (dist.sh with N workers) run by default, by Scenario.tls;
 # any other N runs when --tools names it, e.g. rangefetch-4w in a TLS scenario.
 DIST_WORKERS = {False: (1, 2, 4), True: (2,)}
@@ -85,6 +93,10 @@ class Tool:
     missing: str | None = None  # why the tool cannot run at all
     tls_argv: tuple[str, ...] | None = None  # the template for TLS scenarios, if not argv
     tls_default: bool = True  # runs in TLS scenarios unless --tools picks the rows
+    env: tuple[tuple[str, str], ...] = ()  # added to its environment
+    per_address: bool = False  # a row of the per-address scenario only (and it runs only those)
+    hosts: int = 0  # per-address rows: how many simulated hosts (addresses) it uses
+    kind: str = ""  # per-address rows: scaleout.KIND_LABEL's key
 
     def command(self, url: str, out: Path, ca: Path, tls: bool) -> list[str]:
         argv = self.tls_argv if tls and self.tls_argv is not None else self.argv
@@ -104,6 +116,8 @@ class Run:
     sha256_ok: bool | None = None
     error: str | None = None
     tls: str | None = None  # TLS scenarios: "$ssl_protocol $ssl_cipher" as nginx logged them
+    load: float = 0.0  # the 1-minute load average when the run ended
+    sessions: Sessions = field(default_factory=Sessions)  # per-address scenario: the stream log
 
 
 def median(runs: list[Run], attr: str) -> float:
@@ -152,6 +166,14 @@ def build_tools(args: argparse.Namespace) -> list[Tool]:
         Tool("curl", ("curl", "-q", "-sS", "-o", "{out}", "{url}"),  # leading -q: no .curlrc
              tls_argv=("curl", "-q", "-sS", "--cacert", "{ca}", "-o", "{out}", "{url}")),
     ]
+    dist_sh = Path(__file__).resolve().parent / "dist.sh"
+    for spec in scaleout.tool_specs(rf_prefix, dist_sh, args.hosts, args.per_address):
+        missing = spec.pop("missing", None)
+        if spec["kind"] in ("embedded", "distributed"):
+            missing = missing or rf_missing
+        if spec["kind"] == "distributed" and not shutil.which("redis-server"):
+            missing = missing or "not installed: redis-server"
+        tools.append(Tool(**spec, missing=missing, per_address=True))
     for spec in args.extra:
         name, _, template = spec.partition("=")
         if not name or not template.strip():
@@ -163,8 +185,12 @@ def build_tools(args: argparse.Namespace) -> list[Tool]:
 
 
 def tools_for(scen: Scenario, tools: list[Tool], picked: bool) -> list[Tool]:
-    """The rows of one scenario: all of ``tools`` if --tools chose them, else the defaults."""
-    return [t for t in tools if picked or not scen.tls or t.tls_default]
+    """The rows of one scenario: all of ``tools`` if --tools chose them, else the defaults.
+
+    The per-address scenario runs its own rows only (each opens at most 4
+    connections per address), and only it runs them.
+    """
+    return [t for t in tools if t.per_address == scen.per_address and (picked or not scen.tls or t.tls_default)]
 
 
 def ensure_tls(tls_dir: Path) -> tuple[Path, Path, Path]:
@@ -274,19 +300,27 @@ class Nginx:
 
     With ``tls`` (CA, certificate, key) also an HTTPS server (TLS 1.3 only) and
     a second capped stream proxy in front of it, which passes TLS through.
+    With ``per_address`` (connections per source address) also a capped stream
+    proxy that takes at most that many connections from one address, with a
+    log of its sessions (bench/scaleout.py).
     """
 
-    def __init__(self, workdir: Path, cap: int, tls: tuple[Path, Path, Path] | None = None) -> None:
-        self.workdir, self.cap, self.tls = workdir, cap, tls
+    def __init__(self, workdir: Path, cap: int, tls: tuple[Path, Path, Path] | None = None,
+                 per_address: int = 0) -> None:
+        self.workdir, self.cap, self.tls, self.per_address = workdir, cap, tls, per_address
         self.http_port, self.capped_port = free_port(), free_port()
         self.access_log = workdir / "access.log"
         self.tls_port = self.tls_capped_port = 0
         self.tls_access_log = workdir / "access-tls.log"
         if tls:
             self.tls_port, self.tls_capped_port = free_port(), free_port()
+        self.limited_port = free_port() if per_address else 0
+        self.stream_log = workdir / "stream-per-address.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, scen: Scenario) -> str:
+        if scen.per_address:
+            return f"http://127.0.0.1:{self.limited_port}/{SOURCE_NAME}"
         if scen.tls:
             port = self.tls_capped_port if scen.capped else self.tls_port
         else:
@@ -322,9 +356,15 @@ stream {{
         listen 127.0.0.1:{self.capped_port};
         proxy_pass 127.0.0.1:{self.http_port};
         proxy_download_rate {self.cap};
-    }}{self._tls_stream()}
+    }}{self._tls_stream()}{self._per_address_stream()}
 }}
 """
+
+    def _per_address_stream(self) -> str:
+        if not self.per_address:
+            return ""
+        return scaleout.stream_config(self.limited_port, self.http_port, self.cap, self.stream_log,
+                                      self.per_address)
 
     # Without TLS the config is the plain one, byte for byte.
     def _tls_format(self) -> str:
@@ -370,6 +410,7 @@ stream {{
         (w / "nginx.conf").write_text(self.config())
         self.access_log.unlink(missing_ok=True)  # one format, one invocation per file
         self.tls_access_log.unlink(missing_ok=True)
+        self.stream_log.unlink(missing_ok=True)
         with (w / "nginx.out").open("wb") as out:
             self.proc = subprocess.Popen(
                 ["nginx", "-p", str(w), "-e", str(w / "error.log"), "-c", "nginx.conf",
@@ -382,6 +423,7 @@ stream {{
         ports: list[tuple[int, ssl.SSLContext | None]] = [(self.http_port, None),
                                                            (self.capped_port, None)]
         ports += [(p, ctx) for p in (self.tls_port, self.tls_capped_port) if ctx]
+        ports += [(self.limited_port, None)] if self.per_address else []
         for port, context in ports:
             while not self._answers(port, size, context):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -428,14 +470,22 @@ def kill_group(pgid: int, *, reap: bool) -> None:
 
 
 def run_once(tool: Tool, url: str, out: Path, source_sha: str, timeout: float,
-             env: dict[str, str], log: Path, access_log: Path, ca: Path, tls: bool) -> Run:
-    """Run one download, measuring wall time and the tool's rusage via wait4."""
+             env: dict[str, str], log: Path, access_log: Path, ca: Path, tls: bool,
+             stream_log: Path | None = None) -> Run:
+    """Run one download, measuring wall time and the tool's rusage via wait4.
+
+    With ``stream_log`` (the per-address scenario) the sessions it logged
+    during the run are counted too.
+    """
     if tool.missing:
         return Run(error=tool.missing)
     out.unlink(missing_ok=True)
     argv = tool.command(url, out, ca, tls)
-    log.write_text(f"$ {shlex.join(argv)}\n")
+    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in tool.env)
+    log.write_text(f"$ {shown + ' ' if shown else ''}{shlex.join(argv)}\n")
+    env = {**env, **dict(tool.env)}
     mark = access_log.stat().st_size
+    stream_mark = stream_log.stat().st_size if stream_log is not None and stream_log.exists() else 0
     t0 = time.perf_counter()
     sh = subprocess.Popen(["/bin/sh", "-c", TRAMPOLINE, "sh", str(log), *argv],
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -455,7 +505,12 @@ def run_once(tool: Tool, url: str, out: Path, source_sha: str, timeout: float,
     code = os.waitstatus_to_exitcode(status)
     run = Run(wall_s=wall, cpu_s=ru.ru_utime + ru.ru_stime, peak_rss_mib=ru.ru_maxrss / 1024,
               connections=len({ln.split(" ", 1)[0] for ln in served}), requests=len(served),
-              exit_code=code)
+              exit_code=code, load=os.getloadavg()[0])
+    if stream_log is not None and stream_log.exists():
+        time.sleep(0.2)  # nginx writes a session's line when the session ends, in its own process
+        with stream_log.open("rb") as f:
+            f.seek(stream_mark)
+            run.sessions = Sessions.parse(f.read().decode(errors="replace").splitlines())
     if tls:  # bench_tls: connection status bytes protocol cipher "user agent"
         run.tls = ", ".join(sorted({" ".join(ln.split(" ", 5)[3:5]) for ln in served})) or None
     if wall >= timeout:
@@ -556,8 +611,11 @@ def machine_facts(tools: list[Tool]) -> dict[str, str]:
                platform.machine())
     facts = {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
              "python": platform.python_version(), "nginx": first_line(["nginx", "-v"])}
-    facts.update({t.name: first_line([t.argv[0], "--version"]) for t in tools
-                  if not t.missing and t.argv[0] != "/bin/sh"})  # a wrapper has no version
+    seen: set[str] = set()  # one line per program (the per-address rows run aria2c five ways)
+    for t in tools:
+        if not t.missing and t.argv[0] != "/bin/sh" and t.argv[0] not in seen:  # a wrapper has no version
+            seen.add(t.argv[0])
+            facts[t.name] = first_line([t.argv[0], "--version"])
     return facts
 
 
@@ -597,7 +655,19 @@ def main() -> int:
                     help="extra tool row; {url}, {out}, {dir}, {name} and {ca} are substituted"
                          " (repeatable)")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any row failed")
+    ap.add_argument("--hosts", default=",".join(map(str, scaleout.HOSTS)),
+                    help="per-address scenario: comma list of host counts H (default 1,2,4)")
+    ap.add_argument("--per-address", type=int, default=scaleout.PER_ADDRESS,
+                    help="per-address scenario: connections nginx takes from one address (default 4)")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="per-address scenario: where the PNG goes (default WORKDIR/scaleout.png)")
     args = ap.parse_args()
+    try:
+        args.hosts = tuple(sorted({int(h) for h in args.hosts.split(",") if h}))
+    except ValueError:
+        ap.error(f"--hosts expects a comma list of numbers, got {args.hosts!r}")
+    if not args.hosts or not all(1 <= h <= 200 for h in args.hosts) or args.per_address < 1:
+        ap.error("--hosts must be numbers from 1 to 200, --per-address positive")
     names = [s for s in args.scenarios.split(",") if s]
     if bad := set(names) - set(SCENARIOS):
         ap.error(f"unknown scenario(s): {', '.join(sorted(bad))}")
@@ -632,7 +702,8 @@ def main() -> int:
     facts = machine_facts(tools)
     if tls:
         facts["tls"] = tls_facts()
-    nginx = Nginx(workdir, args.cap, tls)
+    nginx = Nginx(workdir, args.cap, tls,
+                  per_address=args.per_address if any(s.per_address for s in scenarios) else 0)
     results: dict[str, Any] = {"machine": facts, "size": args.size, "cap": args.cap,
                                "repeat": args.repeat, "timeout_s": timeout,
                                "source_sha256": source_sha, "scenarios": {}}
@@ -657,7 +728,7 @@ def main() -> int:
                         run_env = {**run_env, "BENCH_PHASE": f"{phase:.3f}"}
                     run = run_once(t, url, dl / f"{t.name}.bin", source_sha, timeout, run_env,
                                    logs / f"{scen.name}-{t.name}-{i}.log", nginx.log(scen), ca,
-                                   scen.tls)
+                                   scen.tls, nginx.stream_log if scen.per_address else None)
                     runs[t.name].append(run)
                     print(f"[{scen.name}] {t.name} #{i + 1}: " + (run.error or
                           f"{args.size / run.wall_s / MB:.1f} MB/s, {run.cpu_s:.2f} CPU-s"),
@@ -668,7 +739,21 @@ def main() -> int:
             table = [row_json(name, rs, args.size, args.cap, runs.get(BASELINE), cap is not None)
                      for name, rs in runs.items()]
             results["scenarios"][scen.name] = {"url": url, "rows": table}
-            md.append(markdown(scen.name, url, table, args.size, cap, args.repeat))
+            if scen.per_address:
+                by_name = {t.name: t for t in scen_tools}
+                for row in table:
+                    t = by_name[row["tool"]]
+                    row.update(hosts=t.hosts, kind=t.kind)
+                    if row["ok"]:
+                        row.update(scaleout.summarize(runs[t.name]))
+                md.append(scaleout.markdown(table, url=url, size=args.size, cap=args.cap,
+                                            per_address=args.per_address, repeat=args.repeat))
+                plotted = scaleout.plot(table, args.plot or workdir / "scaleout.png", size=args.size,
+                                        cap=args.cap, per_address=args.per_address)
+                md.append(plotted + "\n")
+                print(plotted, file=sys.stderr)
+            else:
+                md.append(markdown(scen.name, url, table, args.size, cap, args.repeat))
     finally:
         nginx.stop()
     text = "\n".join(md)

@@ -20,14 +20,25 @@ from typing import Any, TypeVar
 import click
 from arq.connections import ArqRedis
 
-from rangefetch import Checksum, Settings, TimeLimitError, Tracker, hash_fd, parse_header
-from rangefetch.cli import build_settings, max_time_option, network_options, request_options, run, setup_logging
+from rangefetch import Checksum, QueueError, Settings, TimeLimitError, Tracker, hash_fd, parse_header
+from rangefetch.batch import Entry, collect
+from rangefetch.cli import (
+    build_settings,
+    input_file_option,
+    max_time_option,
+    network_options,
+    read_entries,
+    request_options,
+    run,
+    setup_logging,
+)
 from rangefetch.connections import open_redis
 from rangefetch.display import show_progress
-from rangefetch.errors import RangefetchError
+from rangefetch.errors import RangefetchError, UsageError
 from rangefetch.store import Store
 
 from .enqueue import enqueue as enqueue_download
+from .enqueue import resolve_target
 from .monitor import cancel as cancel_download
 from .monitor import follow, format_status, format_workers, outcome, statuses, worker_record
 from .watch import watch
@@ -64,20 +75,23 @@ async def _connect(settings: Settings, *, patient: bool = False) -> AsyncIterato
 
 
 @click.command()
-@click.argument("url")
+@click.argument("urls", nargs=-1, metavar="URL...")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write, inside the download directory.")
 @click.option("-d", "--dir", "directory", type=click.Path(path_type=Path), help="Folder inside the download directory.")
+@input_file_option
 @request_options
 @network_options
 @_common
 def enqueue(
-    url: str,
+    urls: tuple[str, ...],
     output: Path | None,
     directory: Path | None,
+    input_file: str | None,
     connections: int | None,
     chunk_size: str | None,
     checksum: str | None,
     headers: tuple[str, ...],
+    limit_rate: str | None,
     proxy: str | None,
     no_proxy: str | None,
     ca_certificate: Path | None,
@@ -85,10 +99,12 @@ def enqueue(
     redis_url: str | None,
     verbose: int,
 ) -> None:
-    """Queue URL for the workers and print its download id.
+    """Queue each URL for the workers and print its download id, one a line.
 
     Enqueuing the same URL to the same output again prints the same id and
     only queues what is missing: it resumes a failed or cancelled download.
+    With several files, one that cannot be queued is reported and the others
+    are queued (exit 1).
     The probe goes through this host's proxies; --ca-certificate and
     --insecure are stored with the download, for every worker to verify
     the server with.
@@ -97,33 +113,69 @@ def enqueue(
 
     async def main() -> None:
         settings = build_settings(
-            connections=connections, chunk_size=chunk_size, redis_url=redis_url,
+            connections=connections, chunk_size=chunk_size, redis_url=redis_url, limit_rate=limit_rate,
             proxy=proxy, no_proxy=no_proxy, ca_certificate=ca_certificate, insecure=insecure,
         )  # fmt: skip
         expected = Checksum.parse(checksum) if checksum else None
         extra = dict(parse_header(h) for h in headers)
+        files = collect(
+            urls, read_entries(input_file), output=str(output) if output else None,
+            directory=str(directory) if directory else None, checksum=expected,
+        )  # fmt: skip
+        targets = [_target(settings, entry) for entry in files]  # every path checked before any request
+        failed = 0
         async with _connect(settings) as redis:
-            result = await enqueue_download(
-                url, settings=settings, redis=redis, output=output, directory=directory,
-                headers=extra, checksum=expected,
-            )  # fmt: skip
-        click.echo(result.id)
+            for entry, (path, folder) in zip(files, targets, strict=True):
+                try:
+                    result = await enqueue_download(
+                        entry.url, settings=settings, redis=redis, output=path, directory=folder,
+                        headers=extra, checksum=entry.checksum,
+                    )  # fmt: skip
+                except RangefetchError as exc:
+                    if len(files) == 1 or isinstance(exc, QueueError):
+                        raise
+                    click.echo(f"rangefetch: error: {entry.label}: {exc}", err=True)
+                    failed += 1
+                    continue
+                click.echo(result.id)
+        if failed:
+            click.echo(f"rangefetch: error: {failed} of {len(files)} files were not queued", err=True)
+            sys.exit(1)
 
     run(main)
 
 
+def _target(settings: Settings, entry: Entry) -> tuple[str | None, str | None]:
+    """``enqueue``'s ``output`` and ``directory`` for ``entry`` (``dir=`` and ``out=`` together are one path).
+
+    Raises:
+        UsageError: the path lies outside the download directory or can never work, naming the entry.
+    """
+    path, folder = entry.output, entry.directory
+    if path is not None and folder is not None:
+        path, folder = str(Path(folder) / path), None
+    try:
+        resolve_target(settings.download_dir, None, output=path, directory=folder)
+    except UsageError as exc:
+        raise entry.explain(exc) from exc
+    return path, folder
+
+
 @click.command()
-@click.argument("download_id", required=False)
+@click.argument("download_ids", nargs=-1, metavar="[ID]...")
 @click.option("--watch", "live", is_flag=True, help="Show live progress until the downloads end.")
 @click.option("--json", "as_json", is_flag=True, help="JSON with aria2 tellStatus field names.")
 @_common
-def status(download_id: str | None, live: bool, as_json: bool, redis_url: str | None, verbose: int) -> None:
-    """Show the state and progress of one download, or of all of them."""
+def status(download_ids: tuple[str, ...], live: bool, as_json: bool, redis_url: str | None, verbose: int) -> None:
+    """Show the state and progress of the downloads IDs (say, what `enqueue -i` printed), or of all of them.
+
+    With --json: one object for one ID, a list otherwise.
+    """
     setup_logging(verbose)
 
     async def main() -> None:
         settings = build_settings(redis_url=redis_url)
-        ids = [download_id] if download_id else []
+        ids = list(dict.fromkeys(download_ids))
         async with _connect(settings, patient=live) as redis:
             store = Store(redis)
             if live:
@@ -132,7 +184,7 @@ def status(download_id: str | None, live: bool, as_json: bool, redis_url: str | 
                 return
             records = await statuses(store, ids)
         if as_json:
-            click.echo(json.dumps(records[0] if download_id else records, sort_keys=True, indent=2))
+            click.echo(json.dumps(records[0] if len(ids) == 1 else records, sort_keys=True, indent=2))
         elif records:
             click.echo("\n".join(format_status(r) for r in records))
         else:

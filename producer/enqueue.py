@@ -17,6 +17,10 @@ The chunk size keeps to embedded mode's bounds (``rangefetch.plan``): a
 request, and one that would cut the file into more than ``MAX_RANGES``
 ranges is grown, as each range costs a job and some 60 Redis commands.
 
+The rate limit (``Settings.limit_rate``, ``--limit-rate``) is stored with
+the download too: the workers hold it together, across the whole cluster
+(``rangefetch.ratelimit``).
+
 How the server is verified is part of the download: ``Settings.insecure``
 and the CA certificates of ``Settings.ca_certificate`` (a file on this
 host, so its PEM text is stored, not its path) go into the
@@ -53,6 +57,7 @@ from rangefetch import (
     Backoff,
     Checksum,
     DownloadError,
+    OutputExistsError,
     PartFile,
     PermanentError,
     RemoteFile,
@@ -75,6 +80,7 @@ from rangefetch.network import read_ca_pem
 from rangefetch.origin import headers_for
 from rangefetch.plan import MAX_RANGES, check_chunk_size
 from rangefetch.queue import enqueue_finalizer, enqueue_ranges
+from rangefetch.sink import existing_output
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
 
@@ -159,7 +165,7 @@ async def enqueue(
     Args:
         url: an http:// or https:// URL of a server that supports ranges.
         settings: download directory, queue name, connections, chunk size;
-            its ``insecure`` and ``ca_certificate`` are stored with the download.
+            its ``insecure``, ``ca_certificate`` and ``limit_rate`` are stored with the download.
         redis: the Redis holding the queue and the download records.
         output: the file, relative to ``settings.download_dir``.
         directory: a folder inside the download directory; the server names the file.
@@ -173,10 +179,11 @@ async def enqueue(
             CA certificate file that cannot be read.
         UnsafePathError: the output lies outside the download directory.
         PermanentError: the server cannot serve ranges; UnknownSizeError: no size.
+        OutputExistsError: a file is at the output path, and the download is not complete.
         DownloadError: the probe failed, or the file cannot be created.
         QueueError: Redis failed.
     """
-    check_url(url)
+    url = check_url(url)  # with http:// in front if it names no scheme, as curl does
     check_chunk_size(settings.chunk_size)
     base = settings.download_dir.resolve()
     resolve_target(base, None, output=output, directory=directory)  # fail fast, before the network
@@ -196,6 +203,9 @@ async def enqueue(
         return Enqueued(did, final, size, 0, state)
     if state in _ACTIVE:
         return await _enqueue_missing(store, settings, did, final)
+    found = await asyncio.to_thread(existing_output, final, size=size, last_modified=remote.last_modified)
+    if found is not None:  # the finalizer would not replace it (PartFile.commit): say so now, not after the download
+        raise OutputExistsError(f"{final} already exists and {found.why}: not replaced; move it away to download again")
     async with _locked(PartFile(final).part) as fd:
         state = await store.state(did)  # another producer may have been first
         if state is not None and not state.finished:
@@ -227,6 +237,7 @@ async def enqueue(
             headers=headers_for(remote, headers),  # what the workers will send, no more
             insecure=settings.insecure,
             ca_pem=ca_pem,
+            limit_rate=settings.limit_rate,
         )
         if current is None and await store.create(spec):
             state = DownloadState.QUEUED

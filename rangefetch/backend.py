@@ -34,6 +34,8 @@ from collections.abc import Iterable
 
 import httpcore
 
+from .network import bind_without_port
+
 __all__ = ["PARTIAL_RECORD_DELAY", "TLS_FEED", "DirectBackend", "DirectStream", "TLSStream", "os_reason"]
 
 # Bytes of ciphertext moved from the socket to OpenSSL at a time, through one
@@ -357,10 +359,17 @@ class TLSStream(httpcore.AsyncNetworkStream):
 
 
 class DirectBackend(httpcore.AsyncNetworkBackend):
-    """Opens ``DirectStream``s; the rest of httpcore sees an ordinary network backend."""
+    """Opens ``DirectStream``s; the rest of httpcore sees an ordinary network backend.
 
-    def __init__(self, *, read_size: int) -> None:
+    ``local_address`` (an IP literal, checked by ``network.check_interface``)
+    is where every connection comes from unless a caller names another: the
+    body fast path, httpcore's own connections and its proxy connections
+    (which do not pass the pool's ``local_address`` on) all connect here.
+    """
+
+    def __init__(self, *, read_size: int, local_address: str | None = None) -> None:
         self.read_size = read_size
+        self.local_address = local_address
         self._scratch = memoryview(bytearray(TLS_FEED))
 
     async def connect_tcp(
@@ -371,7 +380,9 @@ class DirectBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> DirectStream:
-        """Connect to ``host:port``, trying each address in turn.
+        """Connect to ``host:port``, trying each address in turn; from ``local_address`` if set.
+
+        From a local address only the addresses of its family are tried.
 
         Raises:
             httpcore.ConnectTimeout: not connected within ``timeout``.
@@ -380,9 +391,17 @@ class DirectBackend(httpcore.AsyncNetworkBackend):
         loop = asyncio.get_running_loop()
         cm = asyncio.timeout(timeout)
         errors: list[OSError] = []
+        local = local_address or self.local_address
+        family = socket.AF_UNSPEC if not local else socket.AF_INET6 if ":" in local else socket.AF_INET
         try:
             async with cm:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                try:
+                    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+                except socket.gaierror as exc:
+                    if local:  # "Address family for hostname not supported", say which
+                        version = 6 if family == socket.AF_INET6 else 4
+                        raise httpcore.ConnectError(f"{os_reason(exc)} (IPv{version} only, from {local})") from exc
+                    raise
                 for family, kind, proto, _, address in infos:
                     sock = socket.socket(family, kind, proto)
                     try:
@@ -390,8 +409,8 @@ class DirectBackend(httpcore.AsyncNetworkBackend):
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         for option in socket_options or ():
                             sock.setsockopt(*option)
-                        if local_address:
-                            sock.bind((local_address, 0))
+                        if local:
+                            bind_without_port(sock, local)
                         await loop.sock_connect(sock, address)
                     except OSError as exc:
                         sock.close()
@@ -407,10 +426,7 @@ class DirectBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectError(os_reason(exc)) from exc
         # The cause alone ("Connection refused"): the caller names the host.
         detail = "; ".join(os_reason(e) for e in errors) or "no address"
-        raise httpcore.ConnectError(detail) from (
-            errors[-1] if errors else None
-        )
+        raise httpcore.ConnectError(detail) from (errors[-1] if errors else None)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-

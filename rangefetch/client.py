@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from .backend import os_reason
@@ -23,7 +26,7 @@ from .errors import (
     UsageError,
     cause_of,
 )
-from .network import Trust, proxy_for, ssl_context
+from .network import Trust, check_interface, proxy_for, ssl_context
 from .plan import Range
 from .redact import redact_url
 from .settings import Settings
@@ -32,7 +35,9 @@ from .transport import FastTransport, read_size_for
 __all__ = [
     "BASE_HEADERS",
     "MAX_REDIRECTS",
+    "FromAddress",
     "ProxyRouter",
+    "bind_stock_transport",
     "check_url",
     "make_client",
     "parse_header",
@@ -51,27 +56,43 @@ MAX_REDIRECTS = 10
 
 
 def check_url(url: str) -> str:
-    """Return ``url`` if rangefetch can fetch it.
+    """Return ``url`` if rangefetch can fetch it, with ``http://`` put in front when it names no scheme.
+
+    As curl does: a URL without ``SCHEME:/`` in front (``example.com/file``,
+    ``localhost:8080/file``) is taken as ``http://`` (said at info level).
 
     Raises:
-        UsageError: not an absolute http(s) URL with a host.
+        UsageError: not an http(s) URL with a valid host.
     """
+    guess = "" if _SCHEME.match(url) else "http:" if url.startswith("//") else "http://"
+    url = guess + url
+    given = redact_url(url).removeprefix(guess)  # errors name the URL as it was given (redacted as a URL)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise UsageError(f"invalid URL {redact_url(url)!r}: {exc}") from exc
+        raise UsageError(f"invalid URL {given!r}: {exc}") from exc
     if parts.scheme.lower() not in ("http", "https"):
-        shown = f"{parts.scheme}://" if parts.scheme else "none"
         raise UsageError(
-            f"unsupported URL scheme {shown} in {redact_url(url)!r}: only http:// and https:// are supported"
+            f"unsupported URL scheme {parts.scheme}:// in {given!r}: only http:// and https:// are supported"
         )
     if not parts.hostname:
-        raise UsageError(f"invalid URL {redact_url(url)!r}: no host")
+        raise UsageError(f"invalid URL {given!r}: no host")
+    if _BAD_HOST.search(parts.hostname):
+        raise UsageError(f"invalid URL {given!r}: bad host name")
     try:
         _ = parts.port
     except ValueError as exc:
-        raise UsageError(f"invalid URL {redact_url(url)!r}: {exc}") from exc
+        raise UsageError(f"invalid URL {given!r}: {exc}") from exc
+    if guess:
+        log.info("no scheme in %r: using %s", given, redact_url(url))
     return url
+
+
+# A scheme, as curl recognises one before it guesses: letters, digits, "+-."
+# then ":/" (RFC 3986 §3.1; "localhost:8080/x" names a port, not a scheme).
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
+# What can never be in a host name (RFC 3986 §3.2.2): space, controls, delimiters.
+_BAD_HOST = re.compile(r'[\s\x00-\x1f\x7f<>"{}|\\^`]')
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -96,10 +117,12 @@ def make_client(
     for that long, which is exactly a stall.  With ``settings.fast_path``
     requests go through ``transport.FastTransport``, else through httpx's
     stock transport; either way through the proxy ``network.proxy_for``
-    picks, verifying servers as ``trust`` says (default: ``settings``').
+    picks, verifying servers as ``trust`` says (default: ``settings``'), and
+    from the local address ``settings.interface`` when set.
 
     Raises:
-        UsageError: a CA file cannot be loaded.
+        UsageError: a CA file cannot be loaded, or ``settings.interface`` is
+            not an address of this host (``network.check_interface``).
     """
     timeout = httpx.Timeout(
         connect=settings.timeouts.connect,
@@ -113,11 +136,19 @@ def make_client(
     )
     context = ssl_context(trust or Trust.from_settings(settings))
     read_size = read_size_for(settings.read_size, settings.connections)
+    local = check_interface(settings.interface) if settings.interface else None
 
     def transport_for(proxy: str | None) -> httpx.AsyncBaseTransport:
         if settings.fast_path:
-            return FastTransport(limits=limits, read_size=read_size, ssl_context=context, proxy=proxy)
-        return httpx.AsyncHTTPTransport(verify=context, limits=limits, proxy=proxy, trust_env=False)
+            return FastTransport(
+                limits=limits, read_size=read_size, ssl_context=context, proxy=proxy, local_address=local
+            )
+        stock = httpx.AsyncHTTPTransport(
+            verify=context, limits=limits, proxy=proxy, trust_env=False, local_address=local
+        )
+        if local is not None:
+            bind_stock_transport(stock, local)
+        return stock
 
     return httpx.AsyncClient(
         timeout=timeout,
@@ -129,6 +160,57 @@ def make_client(
         headers={"User-Agent": settings.user_agent, **BASE_HEADERS, **(headers or {})},
         trust_env=False,
     )
+
+
+def bind_stock_transport(transport: httpx.AsyncHTTPTransport, local_address: str) -> None:
+    """Make every connection of httpx's stock ``transport`` come from ``local_address``, proxied ones too.
+
+    httpx hands ``local_address`` to httpcore only without a proxy, and
+    httpcore's proxy pools do not pass it to their connections; all of them
+    connect through the pool's network backend, so that is wrapped.
+    Private reach: ``AsyncHTTPTransport._pool`` (httpx) and
+    ``AsyncConnectionPool._network_backend`` (httpcore), checked here.
+
+    Raises:
+        UsageError: the installed httpx or httpcore keeps them elsewhere.
+    """
+    pool: Any = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if not isinstance(backend, httpcore.AsyncNetworkBackend):
+        raise UsageError(
+            "--interface cannot be applied to httpx's stock transport of this httpx version; "
+            "leave RANGEFETCH_FAST_PATH on"
+        )
+    pool._network_backend = FromAddress(backend, local_address)
+
+
+class FromAddress(httpcore.AsyncNetworkBackend):
+    """A network backend whose TCP connections come from ``local_address`` unless the caller names one."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, local_address: str) -> None:
+        self.inner = inner
+        self.local_address = local_address
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self.inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address or self.local_address,
+            socket_options=socket_options,
+        )  # fmt: skip
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self.inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
 
 
 class ProxyRouter(httpx.AsyncBaseTransport):

@@ -10,6 +10,12 @@ verifies and renames.  The same ``fetch_range`` runs in the distributed workers.
 A file that was fetched whole but could not be delivered (the ``--checksum``
 given does not match, or the rename failed) is kept as ``NAME.part`` with a
 record listing every range as done: the next run only verifies it.
+
+A file already at the output path is never replaced without ``allow_overwrite``:
+when it is this download, finished (``sink.existing_output``, or the checksum
+given matches), it is only hashed; otherwise nothing is fetched (``OutputExistsError``).
+Downloads run by ``rangefetch.batch`` share one connection ``budget``: each
+request (the probe, then each range) holds one of its slots.
 """
 
 from __future__ import annotations
@@ -29,18 +35,28 @@ import httpx
 
 from .client import check_url, make_client
 from .display import format_bytes
-from .errors import DownloadError, NoSpaceError, TimeLimitError, TransientError, VerificationError, collapse
+from .errors import (
+    DownloadError,
+    NoSpaceError,
+    OutputExistsError,
+    TimeLimitError,
+    TransientError,
+    VerificationError,
+    collapse,
+)
 from .fetch import fetch_range, fetch_stream
 from .names import filename_from_disposition, filename_from_url, resolve_output
 from .plan import MAX_RANGES, Range, check_chunk_size, choose_chunk_size, merge_ranges, missing_ranges
 from .probe import RemoteFile, probe
 from .progress import Tracker
+from .ratelimit import throttle_for
 from .record import ResumeRecord
 from .retry import Backoff
-from .segments import Scheduler, Segment
+from .segments import RECHECK, Scheduler, Segment
 from .settings import Settings
-from .sink import FileWriter, PartFile
-from .verify import Checksum, PrefixHasher, verify_size
+from .sink import FileWriter, PartFile, existing_output
+from .transport import read_size_for
+from .verify import Checksum, PrefixHasher, hash_fd, verify_size
 
 __all__ = ["DownloadResult", "download", "download_sync", "output_candidates"]
 
@@ -49,7 +65,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DownloadResult:
-    """A finished, verified download."""
+    """A finished, verified download.
+
+    ``connections``: the most connections it had open at once (0 when it
+    fetched nothing); ``already_complete``: it was at ``path`` from an
+    earlier run and was only hashed.
+    """
 
     path: Path
     size: int
@@ -57,6 +78,8 @@ class DownloadResult:
     resumed: int
     elapsed: float
     remote: RemoteFile
+    connections: int = 0
+    already_complete: bool = False
 
 
 def output_candidates(remote: RemoteFile) -> tuple[str | None, ...]:
@@ -79,6 +102,8 @@ async def download(
     tracker: Tracker | None = None,
     client: httpx.AsyncClient | None = None,
     confine: bool = False,
+    allow_overwrite: bool = False,
+    budget: asyncio.Semaphore | None = None,
 ) -> DownloadResult:
     """Download ``url`` to ``output`` (or a name the server suggests, in ``directory``).
 
@@ -93,16 +118,21 @@ async def download(
         client: an httpx client to use instead of one built from ``settings``.
         confine: refuse an ``output`` outside ``directory`` (names from the
             server are always confined).
+        allow_overwrite: replace a file already at the output path; without
+            it such a file is kept, and only skipped when it is this download.
+        budget: connection slots shared with other downloads; each request
+            holds one (default: ``settings.connections`` of its own).
 
     Raises:
         UsageError: bad URL, chunk size or output path (checked before any request).
+        OutputExistsError: another file is at the output path (without ``allow_overwrite``).
         NoSpaceError: the file does not fit on its file system.
         TimeLimitError: ``settings.max_time`` ran out; the ``.part`` file and
             its record stay for a rerun to resume.
         DownloadError: the download failed; nothing is left at the final path.
     """
     settings = settings or Settings()
-    check_url(url)
+    url = check_url(url)
     check_chunk_size(settings.chunk_size)
     base = Path(directory) if directory is not None else settings.download_dir
     # A path the user gave is settled before the network: a name that can
@@ -118,10 +148,16 @@ async def download(
         # (the last checkpoint of the resume record) runs as it is cancelled.
         async with asyncio.timeout(settings.max_time) as deadline:
             note = _RetryNote(tracker)
-            remote = await probe(http, url, headers=headers, backoff=Backoff(settings.retry, on_retry=note))
+            async with _slot(budget):
+                remote = await probe(http, url, headers=headers, backoff=Backoff(settings.retry, on_retry=note))
             if dest is None:
                 dest = resolve_output(base, None, candidates=output_candidates(remote), confine=True)
+            if remote.size != 0 and not remote.ranges and settings.connections > 1:
+                log.warning("%s: no ranges: one connection", dest.name)
+            if not allow_overwrite and (done := await _already_there(dest, remote, checksum)) is not None:
+                return done
             transfer = _Transfer(http, remote, dest, settings, dict(headers or {}), tracker)
+            transfer.budget, transfer.replace = budget, allow_overwrite
             return await transfer.run(checksum)
     except OSError as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():
@@ -133,6 +169,46 @@ async def download(
     finally:
         if own_client:
             await http.aclose()
+
+
+def _slot(budget: asyncio.Semaphore | None) -> contextlib.AbstractAsyncContextManager[object]:
+    """One of ``budget``'s connection slots, held for the block; nothing to wait for without a budget."""
+    return budget if budget is not None else contextlib.nullcontext()
+
+
+async def _already_there(dest: Path, remote: RemoteFile, checksum: Checksum | None) -> DownloadResult | None:
+    """The finished download already at ``dest``, hashed; ``None`` when nothing is there.
+
+    It is this download when ``sink.existing_output`` says so, or, given a
+    ``checksum``, when it has the remote size and matches the checksum.
+
+    Raises:
+        OutputExistsError: something else is there, or nothing tells it is this download.
+    """
+    began = time.monotonic()
+    found = await asyncio.to_thread(existing_output, dest, size=remote.size, last_modified=remote.last_modified)
+    if found is None:
+        return None
+    same, why = found.same, found.why
+    digests: dict[str, str] = {}
+    if same or (checksum is not None and found.size is not None and found.size == remote.size):
+        digests = await _hash_file(dest, {"sha256"} | ({checksum.algorithm} if checksum else set()))
+        if checksum is not None:
+            same = digests[checksum.algorithm] == checksum.hexdigest
+            why = f"{'matches' if same else 'does not match'} the --checksum given"
+    if not same:
+        raise OutputExistsError(f"{dest} already exists and {why}: not replaced (--allow-overwrite replaces it)")
+    log.info("%s is already complete (it %s): not downloading it again", dest, why)
+    size = found.size or 0
+    return DownloadResult(dest, size, digests["sha256"], size, time.monotonic() - began, remote, already_complete=True)
+
+
+async def _hash_file(path: Path, algorithms: set[str]) -> dict[str, str]:
+    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        return await hash_fd(fd, algorithms)
+    finally:
+        os.close(fd)
 
 
 class _RetryNote:
@@ -179,6 +255,11 @@ class _Transfer:
         self.settings = settings
         self.headers = headers
         self.tracker = tracker
+        # --limit-rate, shared by the connections; each pays for about one read ahead.
+        self.throttle = throttle_for(settings.limit_rate, ahead=read_size_for(settings.read_size, settings.connections))
+        self.budget: asyncio.Semaphore | None = None  # connection slots shared with other downloads
+        self.replace = False  # replace a file at the final path
+        self.connections = 0  # the most fetches running at once
 
     async def run(self, checksum: Checksum | None) -> DownloadResult:
         began = time.monotonic()
@@ -203,15 +284,18 @@ class _Transfer:
                         log.info("%s is complete from an earlier run: verifying it", self.part.part)
                 elif remote.size != 0:
                     self.tracker.start(remote.size)
-                    size = await fetch_stream(
-                        self.client,
-                        remote,
-                        writer,
-                        headers=self.headers,
-                        backoff=Backoff(self.settings.retry, on_retry=_RetryNote(self.tracker)),
-                        on_progress=self.tracker.advance,
-                        low_speed=self.settings.low_speed,
-                    )
+                    self.connections = 1
+                    async with _slot(self.budget):
+                        size = await fetch_stream(
+                            self.client,
+                            remote,
+                            writer,
+                            headers=self.headers,
+                            backoff=Backoff(self.settings.retry, on_retry=_RetryNote(self.tracker)),
+                            on_progress=self.tracker.advance,
+                            low_speed=self.settings.low_speed,
+                            throttle=self.throttle,
+                        )
                     await writer.flush()
                     await asyncio.to_thread(os.ftruncate, fd, size)
                 else:
@@ -233,16 +317,19 @@ class _Transfer:
                         raise
                     raise VerificationError(f"{exc}; {kept}", url=remote.url) from exc
             try:
-                self.part.commit()
+                self.part.commit(replace=self.replace, last_modified=remote.last_modified)
             except DownloadError as exc:
-                kept = await self._keep_whole(record, size, "run the same command again to finish")
+                exists = isinstance(exc, OutputExistsError)
+                then = "run again with --allow-overwrite" if exists else "run the same command again to finish"
+                kept = await self._keep_whole(record, size, then)
                 kept = kept or f"the verified file stays at {self.part.part}"
-                raise DownloadError(f"{exc}; {kept}", url=remote.url) from exc
+                raise (OutputExistsError if exists else DownloadError)(f"{exc}; {kept}", url=remote.url) from exc
         finally:
             hasher.close()
             os.close(fd)
+        elapsed = time.monotonic() - began
         return DownloadResult(
-            self.part.final, size, digests["sha256"], self.tracker.resumed, time.monotonic() - began, remote
+            self.part.final, size, digests["sha256"], self.tracker.resumed, elapsed, remote, self.connections
         )
 
     async def _keep_whole(self, record: ResumeRecord | None, size: int, then: str) -> str | None:
@@ -301,7 +388,8 @@ class _Transfer:
         return ResumeRecord.for_remote(remote, chunk), False
 
     async def _fetch_ranges(self, todo: list[Range], writer: FileWriter, record: ResumeRecord) -> None:
-        scheduler = Scheduler(todo)
+        throttle = self.throttle
+        scheduler = Scheduler(todo, held_back=throttle.held_back if throttle is not None else None)
         settings = self.settings
         on_disk = merge_ranges(record.ranges())
 
@@ -325,8 +413,28 @@ class _Transfer:
             scheduler.progress(seg, n)
             self.tracker.advance(n)
 
+        budget = self.budget
+        running = 0
+
+        async def claim() -> Segment | None:
+            """The next segment, with a slot of the budget taken first (a segment
+            waiting for a slot would look stalled to the scheduler and be split)."""
+            if budget is None:
+                return await scheduler.next()
+            while True:
+                await budget.acquire()
+                if (seg := scheduler.take()) is not None:
+                    return seg
+                budget.release()
+                if not scheduler.active:
+                    return None
+                await asyncio.sleep(RECHECK)  # a range in flight may become worth splitting
+
         async def fetcher() -> None:
-            while (seg := await scheduler.next()) is not None:
+            nonlocal running
+            while (seg := await claim()) is not None:
+                running += 1
+                self.connections = max(self.connections, running)
                 try:
                     async with asyncio.timeout(None) as scope:
                         seg.scope = scope
@@ -340,6 +448,7 @@ class _Transfer:
                             on_progress=functools.partial(advance, seg),
                             segment=seg,
                             low_speed=settings.low_speed,
+                            throttle=self.throttle,
                         )
                 except TimeoutError:
                     if not scope.expired():
@@ -347,6 +456,9 @@ class _Transfer:
                     # Stopped by a steal that took everything it had left.
                 finally:
                     seg.scope = None
+                    running -= 1
+                    if budget is not None:
+                        budget.release()
                 scheduler.finish(seg)
 
         async def checkpoints() -> None:

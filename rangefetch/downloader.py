@@ -94,7 +94,7 @@ class Downloader:
         *,
         settings: Settings | None = None,
     ) -> None:
-        check_url(url)
+        url = check_url(url)  # with http:// in front if it names no scheme, as curl does
         if max_workers < 1 or block_size < 1:
             raise ValueError("max_workers and block_size must be at least 1")
         if loop is not None:

@@ -26,6 +26,7 @@ boundary (``raise ... from exc``) so callers only ever catch ours::
     │   ├── TimeLimitError          the download did not end within --max-time
     │   ├── VerificationError       size or checksum of the result is wrong
     │   ├── NoSpaceError            the file system has too little room for the file
+    │   ├── OutputExistsError       another file is at the output path, and is not replaced
     │   └── CancelledDownloadError  the download was cancelled
     ├── StateError                  an illegal state transition
     └── QueueError                  Redis could not be reached or answered badly
@@ -46,6 +47,7 @@ __all__ = [
     "HTTPStatusError",
     "MalformedResponseError",
     "NoSpaceError",
+    "OutputExistsError",
     "PermanentError",
     "ProtocolError",
     "QueueError",
@@ -219,6 +221,10 @@ class VerificationError(DownloadError):
 
 class NoSpaceError(DownloadError):
     """The file system has too little free space for the file."""
+
+
+class OutputExistsError(DownloadError):
+    """A file rangefetch cannot tell is this download is at the output path, and replacing it was not allowed."""
 
 
 class CancelledDownloadError(DownloadError):

@@ -6,7 +6,10 @@ runs one.  It pins the file version with ``If-Range`` (RFC 9110 §13.1.5),
 accepts only a 206 whose ``Content-Range`` is exactly what was asked
 (§14.4, §15.3.7), streams the body to a ``Writer`` without holding it, and on
 a dropped, stalled or too slow connection (the low-speed rule,
-``settings.LowSpeed``) resumes from the last byte written.
+``settings.LowSpeed``) resumes from the last byte written.  With a
+``throttle`` (``ratelimit.py``), each read is paid for before it is made
+(the first before the loop, each next one once the chunk before it is
+written), and the low-speed rule does not count those waits.
 
 Every request carries the caller's headers as ``origin.headers_for`` allows: when
 the probe was redirected to another origin, the credentials meant for the
@@ -36,6 +39,7 @@ from .origin import headers_for
 from .plan import Range
 from .probe import RemoteFile, follow, raise_for_status
 from .protocol import parse_content_length, parse_content_range
+from .ratelimit import Throttle
 from .retry import Backoff
 from .segments import Segment
 from .settings import DEFAULT_LOW_SPEED, LowSpeed
@@ -68,6 +72,7 @@ async def fetch_range(
     on_progress: Progress = _ignore,
     segment: Segment | None = None,
     low_speed: LowSpeed = DEFAULT_LOW_SPEED,
+    throttle: Throttle | None = None,
 ) -> None:
     """Fetch ``rng`` of ``remote`` into ``writer``, skipping its first ``done`` bytes.
 
@@ -79,7 +84,7 @@ async def fetch_range(
     between chunks: when another connection took the tail
     (``segments.Scheduler``), the fetch stops at the new end, and
     ``segment.writing`` tells how much of a chunk is being handed to the
-    writer.
+    writer.  ``throttle`` is the download's rate limit, shared by its connections.
 
     Raises:
         RemoteChangedError: the file is not the version the probe saw.
@@ -93,7 +98,9 @@ async def fetch_range(
     while cursor.done < rng.length:
         before = cursor.done
         try:
-            await _fetch_once(client, remote, rng, writer, cursor, sent, on_progress, segment, low_speed=low_speed)
+            await _fetch_once(
+                client, remote, rng, writer, cursor, sent, on_progress, segment, low_speed=low_speed, throttle=throttle
+            )
         except TransientError as exc:
             exc.range = rng
             if _moved_on(exc, cursor.done - before, low_speed):
@@ -114,6 +121,7 @@ async def fetch_stream(
     backoff: Backoff | None = None,
     on_progress: Progress = _ignore,
     low_speed: LowSpeed = DEFAULT_LOW_SPEED,
+    throttle: Throttle | None = None,
 ) -> int:
     """Fetch the whole file with one plain GET, for servers without ranges.
 
@@ -130,7 +138,9 @@ async def fetch_stream(
     while True:
         before = cursor.done
         try:
-            await _fetch_once(client, remote, None, writer, cursor, sent, on_progress, low_speed=low_speed)
+            await _fetch_once(
+                client, remote, None, writer, cursor, sent, on_progress, low_speed=low_speed, throttle=throttle
+            )
             return cursor.done
         except TransientError as exc:
             if _moved_on(exc, cursor.done - before, low_speed):
@@ -157,11 +167,11 @@ class _SpeedWatch:
     or of the last full window.  The hot path only adds and compares.
     """
 
-    __slots__ = ("_got", "_loop", "_need", "_scope", "_time")
+    __slots__ = ("_got", "_left", "_loop", "_need", "_scope", "_time")
 
     def __init__(self, rule: LowSpeed, scope: asyncio.Timeout) -> None:
         self._loop = asyncio.get_running_loop()
-        self._scope, self._time, self._got = scope, rule.time, 0
+        self._scope, self._time, self._got, self._left = scope, rule.time, 0, 0.0
         self._need = rule.window if rule.limit else -1  # -1: the rule is off
         if self._need >= 0:
             scope.reschedule(self._loop.time() + rule.time)
@@ -172,6 +182,18 @@ class _SpeedWatch:
         if self._got >= self._need >= 0:
             self._got = 0
             self._scope.reschedule(self._loop.time() + self._time)
+
+    def pause(self) -> None:
+        """Stop the clock: the time until ``resume`` is ours (the rate limit), not the server's."""
+        when = self._scope.when()
+        if self._need >= 0 and when is not None:
+            self._left = when - self._loop.time()
+            self._scope.reschedule(None)
+
+    def resume(self) -> None:
+        """Start the clock again where ``pause`` stopped it."""
+        if self._need >= 0 and self._scope.when() is None:
+            self._scope.reschedule(self._loop.time() + self._left)
 
 
 @contextlib.asynccontextmanager
@@ -230,6 +252,7 @@ async def _fetch_once(
     segment: Segment | None = None,
     *,
     low_speed: LowSpeed = DEFAULT_LOW_SPEED,
+    throttle: Throttle | None = None,
 ) -> None:
     url = remote.final_url
     request_headers = {**headers, **BASE_HEADERS}
@@ -237,7 +260,12 @@ async def _fetch_once(
         request_headers["Range"] = rng.header(cursor.done)
         if remote.validator:
             request_headers["If-Range"] = remote.validator
+    meter = _Meter(throttle) if throttle is not None else None
     try:
+        if meter is not None:
+            # The first read comes with the headers, before the body's first chunk:
+            # paid for before the request, as each later read is before it is made.
+            await meter.top_up(None, rng.length - cursor.done if rng is not None else None)
         async with (
             _watch_speed(low_speed, url=url, rng=rng) as watch,
             _get(client, url, request_headers, rng) as response,
@@ -246,12 +274,15 @@ async def _fetch_once(
             # A plain GET starts at byte 0 again: skip what an earlier try wrote.
             skip = cursor.done if rng is None else 0
             async for chunk in response.aiter_raw():
-                watch.arrived(len(chunk))
+                wire = len(chunk)
+                watch.arrived(wire)
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)
                         if expected is not None:
                             expected -= len(chunk)
+                        if meter is not None:
+                            await meter.paid(wire, watch, expected)
                         continue
                     chunk, offset = chunk[skip:], offset + skip
                     if expected is not None:
@@ -262,7 +293,9 @@ async def _fetch_once(
                     raise ProtocolError(f"server sent more bytes than asked for {_what(rng)}", url=url, range=rng)
                 if segment is not None:
                     room = segment.end + 1 - offset
-                    if n >= room:  # the rest is another connection's now: stop here
+                    # n == room is the segment's last chunk: read on to the end of the message,
+                    # or httpcore drops the connection instead of keeping it for the next range.
+                    if n > room:  # the rest is another connection's now: stop here
                         if room > 0:
                             await _write_held(writer, segment, offset, chunk[:room])
                             cursor.done += room
@@ -276,12 +309,61 @@ async def _fetch_once(
                 if expected is not None:
                     expected -= n
                 on_progress(n)
+                if meter is not None:  # after the write: a run stopped while it waits keeps these bytes
+                    await meter.paid(wire, watch, expected)
     except httpx.HTTPError as exc:
         raise translate_error(exc, url=url, range=rng) from exc
+    finally:
+        if meter is not None:
+            meter.close()
     if expected:
         raise ConnectionLostError(
             f"connection closed {expected} bytes short of the end of {_what(rng)}", url=url, range=rng
         )
+
+
+class _Meter:
+    """One response's account with the rate limit: each read is paid for before it is made.
+
+    ``top_up`` pays for the next read: as much as the last read brought (the
+    first: ``throttle.ahead``), no more than is left of the response.  So a
+    fast server's full reads are paid for before they are made, and a slow
+    one's small reads pay little up front and are not held back below the
+    rate.  ``paid`` counts a chunk read (a read larger than paid for is paid
+    at the next top-up) and tops up again; ``close`` gives back what was paid
+    and not read.  The waits stop the low-speed rule's clock: they are ours,
+    not the server's, and a rate below ``speed_limit`` times the connections
+    must not make a healthy connection look too slow.
+    """
+
+    __slots__ = ("_credit", "_next", "_throttle")
+
+    def __init__(self, throttle: Throttle) -> None:
+        self._throttle = throttle
+        self._credit = 0  # bytes paid for and not read yet; below 0: read and not paid for
+        self._next = throttle.ahead  # what the next read is expected to bring
+
+    async def top_up(self, watch: _SpeedWatch | None, left: int | None) -> None:
+        """Pay for the next read (``watch``: the request's low-speed rule, ``None`` before the request)."""
+        want = self._next if left is None else min(self._next, left)
+        if want > self._credit:
+            n, self._credit = want - self._credit, want
+            if watch is not None:
+                watch.pause()
+            try:
+                await self._throttle.take(n)
+            finally:
+                if watch is not None:
+                    watch.resume()
+
+    async def paid(self, n: int, watch: _SpeedWatch, left: int | None) -> None:
+        self._credit -= n
+        self._next = n
+        await self.top_up(watch, left)
+
+    def close(self) -> None:
+        if self._credit:
+            self._throttle.refund(self._credit)
 
 
 async def _write_held(writer: Writer, segment: Segment, offset: int, data: bytes) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "download_key",
     "finalize_job_id",
     "range_job_id",
+    "rate_host",
     "sem_download",
     "sem_host",
     "sem_waiters",
@@ -39,8 +40,10 @@ WORKERS = PREFIX + "workers"  # zset: worker id -> last heartbeat (unix seconds)
 #   "failed"    hash: range -> last error
 #   "redo"      hash: range -> times re-fetched after failing verification
 #   "attempts"  hash: range -> range job runs in a row that made no progress
+#   "handoffs"  hash: range -> times a run asked to hand it to a fresh connection (a straggler)
 #   "workers"   set: worker ids that worked on it
 #   "finalize"  string: guard so the finalizer runs once (a lease: the token of the run holding it)
+#   "rate"      string: its --limit-rate schedule (GCRA's TAT, unix seconds; expires once idle)
 #   "verifier"  string: lease of the worker verifying finished ranges early
 #               (its owner's token, or "stopped" after it gave up)
 
@@ -78,6 +81,11 @@ def sem_waiters(host: str) -> str:
 def sem_download(download_id: str) -> str:
     """The connection semaphore of one download (its ``--connections``)."""
     return f"{PREFIX}sem:dl:{download_id}"
+
+
+def rate_host(host: str) -> str:
+    """The schedule (GCRA's TAT) of the cluster-wide rate cap of one server host (``Settings.per_host_rate``)."""
+    return f"{PREFIX}rate:host:{host}"
 
 
 def range_job_id(download_id: str, start: int, end: int) -> str:

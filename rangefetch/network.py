@@ -17,12 +17,26 @@ Both follow what curl and aria2c users expect:
   as PEM text (distributed mode stores the producer's ``--ca-certificate``
   with the download, since the file is on the producer's host).
 
+* **The local address** (``--interface``, ``Settings.interface``): every
+  connection, to a server or to a proxy, is made from this IP address of
+  this host, as curl's and aria2c's ``--interface ADDR`` do.  Only an IP
+  literal is taken (IPv4, or IPv6 with an optional ``%scope``); an interface
+  name (``eth0``) or a host name is refused with one line, since an
+  interface may have several addresses and a name may resolve to several:
+  give the address (``ip -brief address`` lists them).  It is checked once,
+  before any request, by binding a socket to it: an address that is not
+  this host's fails at once (``UsageError``), not as a connection error
+  retried for every range.  Servers are then reached only over the
+  address's own family (an IPv4 address connects to IPv4 addresses only).
+
 Nothing here reads the environment: everything comes from ``Settings``.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +48,20 @@ from .errors import UsageError
 from .redact import redact_url
 from .settings import Settings
 
-__all__ = ["Trust", "check_network", "check_proxy", "proxy_for", "read_ca_pem", "ssl_context"]
+__all__ = [
+    "Trust",
+    "bind_without_port",
+    "check_interface",
+    "check_network",
+    "check_proxy",
+    "proxy_for",
+    "read_ca_pem",
+    "ssl_context",
+]
 
 PROXY_SCHEMES = ("http",)
+# Linux's IP_BIND_ADDRESS_NO_PORT (Python 3.12 names it; its value is 24).
+_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def proxy_for(url: str, settings: Settings) -> str | None:
@@ -170,12 +195,60 @@ def read_ca_pem(path: Path) -> str:
 
 
 def check_network(settings: Settings) -> None:
-    """Check the proxy URLs and CA certificates of ``settings`` before any request.
+    """Check the proxy URLs, CA certificates and local address of ``settings`` before any request.
 
     Raises:
-        UsageError: a proxy URL is malformed, or the CA certificates cannot be loaded.
+        UsageError: a proxy URL is malformed, the CA certificates cannot be
+            loaded, or the ``interface`` is not an address of this host.
     """
     for proxy in (settings.proxy, settings.https_proxy, settings.http_proxy, settings.all_proxy):
         if proxy:
             check_proxy(proxy)
     ssl_context(Trust.from_settings(settings))
+    if settings.interface:
+        check_interface(settings.interface)
+
+
+def check_interface(interface: str) -> str:
+    """``interface`` as the local address to connect from, once a socket could be bound to it.
+
+    Raises:
+        UsageError: not an IP address (an interface or host name), or not
+            one of this host's (the bind fails: ``EADDRNOTAVAIL``).
+    """
+    text = interface.strip()
+    try:
+        address = ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        raise UsageError(
+            f"--interface {interface!r} is not an IP address: give the address to connect from, e.g. "
+            "--interface 192.0.2.10 (interface and host names are not taken; `ip -brief address` lists them)"
+        ) from None
+    local = str(address)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            bind_without_port(sock, local)
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"--interface {local} is not an address of this host ({exc.strerror})") from exc
+        raise UsageError(f"cannot connect from --interface {local}: {exc.strerror or exc}") from exc
+    return local
+
+
+def bind_without_port(sock: socket.socket, address: str) -> None:
+    """Bind ``sock`` to the local ``address``, leaving the port to ``connect``.
+
+    With ``IP_BIND_ADDRESS_NO_PORT`` (Linux) the port is picked when the
+    socket connects, unique per destination, instead of at ``bind`` among
+    all the ports in use, so many connections from one address do not run
+    out of ports.  Elsewhere the bind takes a port at once.
+
+    Raises:
+        OSError: the address is not this host's (``EADDRNOTAVAIL``), or another bind error.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, _BIND_ADDRESS_NO_PORT, 1)
+    except OSError:
+        pass  # not Linux: bind takes a port now
+    sock.bind((address, 0))

@@ -68,7 +68,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 # A redirect's body is read, so that its connection can carry the next hop,
 # when it says it is no longer than this; a longer or unsized one is closed.
-_REDIRECT_BODY_MAX = 64 * 1024
+_SHORT_BODY_MAX = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ async def follow(
             raise
         if target is None:
             return response, tuple(hops)
-        await _finish_redirect(response)
+        await _finish(response)
         if len(hops) >= MAX_REDIRECTS:
             raise ProtocolError(f"too many redirects for {redact_url(url)} (more than {MAX_REDIRECTS})", url=url)
         log.debug("%s %s: HTTP %d to %s", method, redact_url(current), response.status_code, redact_url(target))
@@ -255,15 +255,20 @@ def _redirect_target(response: httpx.Response, current: str) -> str | None:
     return str(target)
 
 
-async def _finish_redirect(response: httpx.Response) -> None:
-    """Close a redirect, reading its body first when it is short so the connection can be used again."""
+async def _finish(response: httpx.Response) -> None:
+    """Close ``response``, reading its body first when it is short (a HEAD has none), so the connection is used again.
+
+    httpcore keeps a connection for the next request only after the whole
+    response was read: the probe's HEAD and ``bytes=0-0`` GET and a
+    redirect's short body cost no new connection that way.
+    """
     try:
-        length = parse_content_length(response.headers)
-        if length is not None and length <= _REDIRECT_BODY_MAX:
+        length = 0 if response.request.method == "HEAD" else parse_content_length(response.headers)
+        if length is not None and length <= _SHORT_BODY_MAX:
             await response.aread()
     except httpx.HTTPError as exc:
-        # The Location is what counts; a body that breaks off only costs its connection.
-        log.debug("the body of a redirect from %s broke off: %s", _host(str(response.url)), exc)
+        # What counts is read already; a body that breaks off only costs its connection.
+        log.debug("the body of a reply from %s broke off: %s", _host(str(response.url)), exc)
     finally:
         await response.aclose()
 
@@ -279,7 +284,7 @@ async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], hea
             raise_for_status(response, url=url)
         return _from_get(url, response, hops, head)
     finally:
-        await response.aclose()
+        await _finish(response)
 
 
 async def _head(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> RemoteFile | None:
@@ -289,7 +294,7 @@ async def _head(client: httpx.AsyncClient, url: str, headers: dict[str, str]) ->
     except TransientError as exc:
         log.debug("HEAD %s failed (%s); trying GET", redact_url(url), exc)
         return None
-    await response.aclose()
+    await _finish(response)
     if response.status_code >= 300:
         log.debug("HEAD %s answered %d; trying GET", redact_url(url), response.status_code)
         return None

@@ -13,6 +13,7 @@ __all__ = [
     "ACQUIRE_FAIR",
     "CREATE",
     "ENQUEUE",
+    "GCRA",
     "MARK_DONE",
     "OWNED_DELETE",
     "OWNED_HDEL",
@@ -241,6 +242,32 @@ for i, key in ipairs(KEYS) do
 end
 redis.call('ZREM', waiters, owner)
 return 1
+"""
+
+# -- rate limits (ratelimit.py) ------------------------------------------------------
+#
+# GCRA, as ratelimit.Gcra does in one process: each key holds a limit's
+# theoretical arrival time (TAT, unix seconds by Redis's clock, so workers on
+# hosts whose clocks differ agree).  Taking n bytes moves the TAT on by
+# n / rate from max(TAT, now); the taker waits until TAT - tolerance.  Every
+# key is charged in the same call (a download's own limit and its host's cap),
+# and the wait is the longest any of them asks.  Nothing is ever refused: the
+# bytes are the taker's, and it waits before it reads more.  A key expires a
+# second after its TAT has passed, when it holds nothing a later take needs.
+
+# KEYS: the limits.  ARGV[1] bytes taken, ARGV[2] tolerance (seconds), ARGV[2 + i] the rate of KEYS[i] (bytes/s).
+# Returns the seconds to wait, as a string (Lua numbers become integers in a reply), "0.000000" for none.
+GCRA = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local n, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local tat = math.max(tonumber(redis.call('GET', key) or '0'), t) + n / tonumber(ARGV[2 + i])
+  redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - t) * 1000) + 1000)
+  wait = math.max(wait, tat - tolerance - t)
+end
+return string.format('%.6f', wait)
 """
 
 # -- the arq queue (queue.py) -------------------------------------------------------

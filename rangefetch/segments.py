@@ -12,7 +12,9 @@ newcomer gives up half.  A steal only happens when it saves more than
 ``MIN_STEAL_SECONDS`` (about what a new request costs, with a margin), so
 where all connections run at one speed only ranges with more than twice that
 left are split, and a normal download's last wave costs a few extra requests
-at most.
+at most.  Nor is anything split while the download's rate limit is what holds
+it back (``held_back``): another connection would bring no byte more, and the
+bytes the victim's socket holds past its new end would be sent for nothing.
 
 A ``Segment`` is a range whose end only ever moves down: ``fetch.fetch_range``
 rereads it between chunks and stops at it, and a segment with nothing left is
@@ -78,9 +80,16 @@ class Segment:
 class Scheduler:
     """Hands out ranges to fetch, then splits the slowest one for each idle connection."""
 
-    def __init__(self, todo: Iterable[Range], *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        todo: Iterable[Range],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        held_back: Callable[[], bool] | None = None,
+    ) -> None:
         self._queue = deque(Segment(r.start, r.end) for r in todo)
         self._clock = clock
+        self._held_back = held_back  # whether a rate limit holds the download back now (ratelimit.LocalThrottle)
         self.active: list[Segment] = []
         self.finished: list[Range] = []  # whole, written (not yet known to be on disk)
         self._speeds: deque[float] = deque(maxlen=_RECENT)
@@ -167,7 +176,7 @@ class Scheduler:
 
     def _steal(self) -> Segment | None:
         typical = self._typical()
-        if not typical:
+        if not typical or (self._held_back is not None and self._held_back()):
             return None
         best: tuple[float, Segment, float, int] | None = None
         for seg in self.active:

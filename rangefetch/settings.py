@@ -93,12 +93,16 @@ class LowSpeed(BaseModel):
         return math.ceil(self.limit * self.time)
 
 
+DEFAULT_BACKOFF_MAX = 30.0
+
+
 class RetryPolicy(BaseModel):
     """When and how often to retry a transient failure.
 
     The delay before try ``n`` (from 1) is ``min(backoff_max, backoff * 2**(n-1))``
     scaled by a random factor in ``[1 - jitter, 1]``, unless the server sent
-    ``Retry-After``, which wins (capped at ``retry_after_max``).  A try that
+    ``Retry-After``, which wins (capped at ``retry_after_max``); ``backoff_max``
+    is lifted to ``backoff`` when it is lower.  A try that
     made progress resets the count, so a range on a flaky link keeps going as
     long as bytes keep arriving.
     """
@@ -107,9 +111,22 @@ class RetryPolicy(BaseModel):
 
     max_tries: int = Field(8, ge=1)
     backoff: float = Field(0.5, ge=0)
-    backoff_max: float = Field(30.0, ge=0)
+    backoff_max: float = Field(DEFAULT_BACKOFF_MAX, ge=0)
     jitter: float = Field(0.5, ge=0, le=1)
     retry_after_max: float = Field(300.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backoff_max_covers_backoff(cls, data: Any) -> Any:
+        # ``--retry-wait 60`` means a first wait of up to 60 s: the cap is
+        # never below the base (a lower one would make the base meaningless).
+        if isinstance(data, dict) and "backoff" in data:
+            try:
+                if float(data["backoff"]) > float(data.get("backoff_max", DEFAULT_BACKOFF_MAX)):
+                    return {**data, "backoff_max": data["backoff"]}
+            except (TypeError, ValueError):
+                pass  # the fields' own validation says what is wrong
+        return data
 
 
 class JobLimits(BaseModel):
@@ -182,6 +199,11 @@ class Settings(BaseSettings):
     max_time: Annotated[float | None, BeforeValidator(_seconds_or_none)] = Field(
         None, gt=0, description="seconds `get` (or `wait`) may take in all; unset or 0: no limit"
     )
+    # Rate limits (rangefetch/ratelimit.py), curl's --limit-rate: bytes/s, `500K` style; 0: none.
+    limit_rate: Rate = Field(
+        0, ge=0, description="bytes/s one download may take over all its connections (distributed: the whole cluster)"
+    )
+    per_host_rate: Rate = Field(0, ge=0, description="distributed: bytes/s the whole cluster may take from one host")
     read_size: Size = Field(1024 * 1024, ge=4096, description="largest socket read on the fast path")
     fast_path: bool = Field(
         True, description="http:// over rangefetch.transport (direct socket reads); False: httpx's stock transport"
@@ -212,13 +234,16 @@ class Settings(BaseSettings):
     ssl_cert_file: Path | None = Field(None, validation_alias=_env("SSL_CERT_FILE"), description="CA bundle file")
     ssl_cert_dir: Path | None = Field(None, validation_alias=_env("SSL_CERT_DIR"), description="CA directory")
     insecure: bool = Field(False, description="skip TLS certificate and host name verification")
+    interface: str | None = Field(
+        None, description="local IP address to connect from (curl's and aria2c's --interface; network.check_interface)"
+    )
 
     @property
     def low_speed(self) -> LowSpeed:
         """``speed_limit`` and ``speed_time`` as one ``LowSpeed`` rule."""
         return LowSpeed(limit=self.speed_limit, time=self.speed_time)
 
-    @field_validator("redis_url", "proxy", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    @field_validator("redis_url", "proxy", "http_proxy", "https_proxy", "all_proxy", "no_proxy", "interface")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None

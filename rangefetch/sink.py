@@ -4,6 +4,14 @@ A download is written to ``NAME.part`` at absolute offsets and renamed to
 ``NAME`` only after it has been verified, so a failed or interrupted download
 never leaves wrong bytes at the final path.
 
+The rename never replaces another file unless asked to (``--allow-overwrite``):
+it is atomic and refuses an existing ``NAME`` (``renameat2(RENAME_NOREPLACE)``,
+or a hard link where the file system lacks it), so a file that appears while
+the download runs is safe too.  Before it, the file gets the server's
+``Last-Modified`` as its modification time, as wget does: with the size, that
+is how a later run tells the file at ``NAME`` is this download
+(``existing_output``) and skips it instead of downloading it again.
+
 Writes go through one dedicated thread fed by a bounded queue rather than a
 thread hop per chunk: the event loop only enqueues (cheap), the thread does
 the blocking ``pwrite``s in order, and the byte budget gives backpressure so
@@ -21,15 +29,18 @@ import fcntl
 import logging
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 
 from .display import format_bytes
-from .errors import DownloadError, NoSpaceError
+from .errors import DownloadError, NoSpaceError, OutputExistsError
 
-__all__ = ["FileWriter", "PartFile", "allocate", "check_space"]
+__all__ = ["Existing", "FileWriter", "PartFile", "allocate", "check_space", "existing_output", "http_time"]
 
 log = logging.getLogger(__name__)
 
@@ -283,15 +294,36 @@ class PartFile:
             raise DownloadError(f"cannot allocate {self.part}: {exc.strerror}") from exc
         return fd
 
-    def commit(self) -> None:
+    def commit(self, *, replace: bool = False, last_modified: str | None = None) -> None:
         """Rename ``.part`` to the final name, durably, and drop the resume record.
 
+        Args:
+            replace: replace a file already at the final name (``--allow-overwrite``);
+                without it the rename refuses one, atomically (``rename_noreplace``).
+            last_modified: the server's ``Last-Modified``, set as the file's
+                modification time first, so a later run can tell the file is
+                this download (``existing_output``).
+
         Raises:
+            OutputExistsError: without ``replace``, a file is at the final name.
             DownloadError: the rename failed (a directory now at the final
                 path, no permission); the ``.part`` file and its record stay.
         """
+        mtime = http_time(last_modified)
+        if mtime is not None:
+            try:
+                os.utime(self.part, (os.stat(self.part).st_atime, mtime))
+            except OSError as exc:  # only a later run's "already complete" depends on it
+                log.warning("cannot set the date of %s: %s", self.part, exc.strerror or exc)
         try:
-            os.replace(self.part, self.final)
+            if replace:
+                os.replace(self.part, self.final)
+            else:
+                rename_noreplace(self.part, self.final)
+        except FileExistsError as exc:
+            if self.final.is_dir():
+                raise DownloadError(f"cannot rename {self.part} to {self.final}: Is a directory") from exc
+            raise OutputExistsError(f"{self.final} already exists and is not replaced") from exc
         except OSError as exc:
             raise DownloadError(f"cannot rename {self.part} to {self.final}: {exc.strerror}") from exc
         try:
@@ -313,3 +345,95 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_RENAME_NOREPLACE = 1  # <linux/fs.h>
+_AT_FDCWD = -100
+# renameat2 says "cannot do that here" with these: the file system (or kernel) has no RENAME_NOREPLACE.
+_NO_NOREPLACE = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
+# link says so with these: the file system has no hard links (FAT, some FUSE and network file systems).
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` unless something is already at ``target``.
+
+    ``renameat2(RENAME_NOREPLACE)`` does it atomically (Linux 3.15+, ext4,
+    xfs, btrfs, tmpfs); where the file system cannot, a hard link does it
+    atomically too (``link`` fails on an existing name) and the old name is
+    removed after; where neither works, the name is looked up first, which
+    leaves a moment in which a file created at ``target`` would be replaced.
+
+    Raises:
+        FileExistsError: something is at ``target``; nothing was changed.
+        OSError: the rename failed otherwise.
+    """
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is not None:
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in _NO_NOREPLACE:
+            raise OSError(err, os.strerror(err), str(source), None, str(target))
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from exc
+        os.rename(source, target)
+        return
+    os.unlink(source)
+
+
+def http_time(value: str | None) -> float | None:
+    """An HTTP date (``Last-Modified``, RFC 9110 §5.6.7) as a POSIX timestamp, or ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """What is at a download's output path already: ``same`` when it is that download, finished."""
+
+    path: Path
+    same: bool
+    why: str  # a few words: "has 12 bytes, the remote file 34"
+    size: int | None  # of a regular file
+
+
+def existing_output(final: Path, *, size: int | None, last_modified: str | None) -> Existing | None:
+    """What is at ``final`` compared with the remote file, or ``None`` when nothing is there.
+
+    It is the same file when it is a regular file of the remote ``size``
+    whose modification time is the remote ``Last-Modified`` (which
+    ``PartFile.commit`` sets): wget's ``--timestamping`` rule.  Anything else
+    (another size, another date, a symlink, no ``Last-Modified`` to compare)
+    cannot be told apart from a different file.
+
+    Raises:
+        OSError: ``final`` cannot be looked at.
+    """
+    try:
+        st = os.lstat(final)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return Existing(final, False, "is not a regular file", None)
+    if size is None:
+        return Existing(final, False, "the server does not say how large the remote file is", st.st_size)
+    if st.st_size != size:
+        return Existing(final, False, f"has {st.st_size} bytes, the remote file {size}", st.st_size)
+    mtime = http_time(last_modified)
+    if mtime is None:
+        why = "has the remote size, but the server gives no Last-Modified to compare dates"
+        return Existing(final, False, why, st.st_size)
+    if int(st.st_mtime) != int(mtime):
+        return Existing(final, False, "has the remote size, but not the remote Last-Modified", st.st_size)
+    return Existing(final, True, "has the size and Last-Modified of the remote file", st.st_size)

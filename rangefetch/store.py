@@ -8,11 +8,18 @@ their own hash and are only read by workers: ``status`` never sees them,
 and URLs are shown redacted.  A download's own CA certificates (PEM text,
 public but possibly a large bundle) live in their own key too, so the
 status reads that poll the download's hash never carry them.
+
+Rate limits (``ratelimit.py``) are GCRA schedules in Redis
+(``scripts.GCRA``): a download's ``limit_rate`` and a server host's cap
+(``Settings.per_host_rate``).  ``Store.throttle`` gives a range job its
+share: one ``BatchedThrottle`` per download and caps in each process,
+shared by its jobs, taking tokens from Redis a batch at a time.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,6 +31,7 @@ from redis.exceptions import RedisError
 from . import keys, scripts
 from .errors import QueueError, StateError
 from .plan import Range
+from .ratelimit import TOLERANCE, BatchedThrottle, TimedThrottle, batch_for
 from .state import DownloadState
 from .status import as_str as _s
 from .status import build_status
@@ -55,6 +63,7 @@ class DownloadSpec:
     # read from the producer's --ca-certificate).  Neither: the worker's own trust.
     insecure: bool = False
     ca_pem: str | None = field(default=None, repr=False)  # long: kept out of log lines
+    limit_rate: int = 0  # bytes/s over the whole cluster (--limit-rate); 0: no limit
 
     def fields(self) -> dict[str, str]:
         """The hash fields to store (headers and the CA certificates go elsewhere)."""
@@ -74,6 +83,7 @@ class WorkerInfo:
     pid: int
     jobs: int
     heartbeat: float
+    interface: str | None = None  # the local address it connects from (``--interface``), if set
 
 
 class Store:
@@ -94,6 +104,11 @@ class Store:
         self._owned_set = redis.register_script(scripts.OWNED_SET)
         self._owned_delete = redis.register_script(scripts.OWNED_DELETE)
         self._owned_hdel = redis.register_script(scripts.OWNED_HDEL)
+        self._gcra = redis.register_script(scripts.GCRA)
+        # One throttle per download and caps, shared by this process's jobs while any holds it.
+        self._throttles: weakref.WeakValueDictionary[tuple[tuple[str, int], ...], BatchedThrottle] = (
+            weakref.WeakValueDictionary()
+        )
 
     # -- downloads ---------------------------------------------------------
 
@@ -166,6 +181,7 @@ class Store:
             headers={_s(k): _s(v) for k, v in headers.items()},
             insecure=data.get("insecure") == "1",
             ca_pem=_s(ca_pem) if ca_pem is not None else None,
+            limit_rate=int(data.get("limit_rate") or 0),
         )
 
     async def state(self, download_id: str) -> DownloadState | None:
@@ -231,7 +247,7 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(key, "error", "finished", "sha256", "verified")
             pipe.hset(key, "resumed", str(resumed))
-            for part in ("failed", "inflight", "finalize", "verifier", "redo", "attempts"):
+            for part in ("failed", "inflight", "finalize", "verifier", "redo", "attempts", "handoffs"):
                 pipe.delete(keys.download_key(download_id, part))
             await self._call(pipe.execute())
 
@@ -309,6 +325,14 @@ class Store:
         if progressed:
             await self._call(self.redis.hdel(key, str(rng)))
             return 0
+        return int(await self._call(self.redis.hincrby(key, str(rng), 1)))
+
+    async def count_handoff(self, download_id: str, rng: Range) -> int:
+        """Count a run of ``rng`` asking to hand the range to a fresh connection; returns how often it was asked.
+
+        The count starts over when the download is enqueued again (``reset_for_resume``).
+        """
+        key = keys.download_key(download_id, "handoffs")
         return int(await self._call(self.redis.hincrby(key, str(rng), 1)))
 
     async def digests(self, download_id: str) -> dict[Range, str]:
@@ -420,13 +444,43 @@ class Store:
                 pipe.zrem(name, token)
             await self._call(pipe.execute())
 
+    # -- rate limits ---------------------------------------------------------
+
+    async def take_rate(self, limits: Mapping[str, int], n: int, *, tolerance: float = TOLERANCE) -> float:
+        """Take ``n`` bytes from each GCRA schedule in ``limits`` (key -> bytes/s); returns the seconds to wait."""
+        names = list(limits)
+        args = [str(n), str(tolerance), *(str(limits[k]) for k in names)]
+        return float(_s(await self._call(self._gcra(keys=names, args=args))))
+
+    def throttle(self, spec: DownloadSpec, host: str, *, host_rate: int) -> TimedThrottle | None:
+        """A range job's share of the rate limits on ``spec`` (its ``limit_rate``, and ``host_rate`` for ``host``).
+
+        ``None`` when neither is set.  The tokens come from one
+        ``BatchedThrottle`` per download and limits in this process, shared
+        by its jobs; the ``TimedThrottle`` around it tells the job how long
+        it waited for them.
+        """
+        limits = {}
+        if spec.limit_rate:
+            limits[keys.download_key(spec.id, "rate")] = spec.limit_rate
+        if host_rate:
+            limits[keys.rate_host(host)] = host_rate
+        if not limits:
+            return None
+        key = tuple(sorted(limits.items()))
+        shared = self._throttles.get(key)
+        if shared is None:
+            shared = BatchedThrottle(lambda n: self.take_rate(limits, n), batch=batch_for(min(limits.values())))
+            self._throttles[key] = shared
+        return TimedThrottle(shared)
+
     # -- workers -------------------------------------------------------------
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Announce that a worker is alive."""
         key = keys.worker_key(info.id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={k: str(v) for k, v in asdict(info).items()})
+            pipe.hset(key, mapping={k: str(v) for k, v in asdict(info).items() if v is not None})
             pipe.expire(key, HEARTBEAT_TTL)
             pipe.zadd(keys.WORKERS, {info.id: info.heartbeat})
             pipe.zremrangebyscore(keys.WORKERS, "-inf", time.time() - HEARTBEAT_TTL)
@@ -447,7 +501,11 @@ class Store:
             data = await self._call(self.redis.hgetall(keys.worker_key(worker_id)))
             if data:
                 d = {_s(k): _s(v) for k, v in data.items()}
-                found.append(WorkerInfo(d["id"], d["host"], int(d["pid"]), int(d["jobs"]), float(d["heartbeat"])))
+                found.append(
+                    WorkerInfo(
+                        d["id"], d["host"], int(d["pid"]), int(d["jobs"]), float(d["heartbeat"]), d.get("interface")
+                    )
+                )
         return found
 
     # -- status --------------------------------------------------------------

@@ -419,6 +419,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         read_size: the largest socket read on the fast path.
         ssl_context: verifies https servers (``network.ssl_context``).
         proxy: an ``http://`` proxy URL every request goes through, or None.
+        local_address: the local IP address every connection (to the server
+            or to the proxy) is made from, or None (``DirectBackend``).
         body_fast_path: read ``Content-Length`` bodies around h11 (default:
             ``BODY_FAST_PATH``, i.e. when the probe at import allows it).
     """
@@ -430,9 +432,10 @@ class FastTransport(httpx.AsyncBaseTransport):
         read_size: int,
         ssl_context: ssl.SSLContext,
         proxy: str | None = None,
+        local_address: str | None = None,
         body_fast_path: bool | None = None,
     ) -> None:
-        backend = DirectBackend(read_size=read_size)
+        backend = DirectBackend(read_size=read_size, local_address=local_address)
         if body_fast_path is None:
             body_fast_path = BODY_FAST_PATH
         if body_fast_path and not BODY_FAST_PATH:

@@ -217,7 +217,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # skip the slow getfqdn()
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+        self.server_name, self.server_port = self.server_address[0], self.server_address[1]
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
@@ -482,9 +482,11 @@ class RangeServer:
     Args:
         tls: a server-side ``ssl.SSLContext`` (certificate loaded) to serve
             HTTPS with; ``None`` serves plain HTTP.
+        host: the IPv4 address to listen on instead of 127.0.0.1 (the
+            compose test listens on its container network's gateway).
     """
 
-    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
         self.tls = tls
         self._lock = threading.Lock()
         self._files: dict[str, list[_Version | None]] = {}
@@ -496,10 +498,10 @@ class RangeServer:
         # Requests still running at a reset do not count towards max_concurrent.
         self._generation = self._active = self._max = 0
         self._stop = threading.Event()
-        self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = _HTTPServer((host, 0), _Handler)
         self._httpd.owner = self
         self.port: int = self._httpd.server_address[1]
-        self.base_url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{self.port}"
+        self.base_url = f"{'https' if tls is not None else 'http'}://{host}:{self.port}"
         self._thread: threading.Thread | None = None
 
     def start(self) -> Self:

@@ -299,7 +299,7 @@ def test_usage_error(srv: RangeServer, tmp_path: Path, args: list[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("get",), "Missing argument 'URL'"),
+        (("get",), "no URL given"),  # URLs come from the command line or -i FILE
         (("get", "--bogus", "http://x/"), "--bogus"),
         (("get", "-c", "abc", "http://x/"), "'abc' is not a valid integer"),
         (("nosuchcommand",), "No such command 'nosuchcommand'"),

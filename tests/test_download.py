@@ -520,3 +520,18 @@ async def test_truncated_part_is_not_resumed(srv: RangeServer, tmp_path: Path) -
     result = await download(srv.url(NAME), directory=tmp_path, settings=resume_settings())
     assert_ok(result)
     assert result.resumed == 0
+
+
+# --- connections are kept ---------------------------------------------------------
+
+
+async def test_one_connection_carries_the_probe_and_every_range(
+    srv: RangeServer, tmp_path: Path, fast_path: bool
+) -> None:
+    # The HEAD, the probe's bytes=0-0 GET and each range in turn: a connection
+    # is kept only after a whole response was read, so this counts that none
+    # is left half-read (an early return at a range's last chunk, a HEAD closed unread).
+    result = await download(srv.url(NAME), directory=tmp_path, settings=settings(connections=1, fast_path=fast_path))
+    assert_ok(result)
+    assert len(range_gets(srv.requests)) == len(planned(len(DATA)))
+    assert len({r.client for r in srv.requests}) == 1 == srv.accepted_connections

@@ -186,7 +186,7 @@ async def test_workers(store: Store) -> None:
     assert table.splitlines()[1].split() == ["host-1-ab", "host", "1", "3", "2s", "ago"]
     info = WorkerInfo("host-1-ab", "host", 1, 3, 1000.0)
     assert worker_record(info, now=1002.0) == {
-        "id": "host-1-ab", "host": "host", "pid": 1, "jobs": 3, "heartbeat": 1000.0, "age": 2.0,
+        "id": "host-1-ab", "host": "host", "pid": 1, "jobs": 3, "heartbeat": 1000.0, "interface": None, "age": 2.0,
     }  # fmt: skip
 
 

@@ -158,7 +158,7 @@ async def test_sigterm_loses_and_double_counts_nothing(
     url = server.url("term", rate=100 * KiB)
     spec = await start_download(pool, url, download_dir, chunk_size=100 * KiB)
     store = Store(pool)
-    first = start_worker("--concurrency", "8")
+    first = start_worker("--concurrency", "8", "-v")  # -v: arq's per-job lines
     await wait_for(lambda: progressed(store, spec, at_least=4), timeout=15)
     first.signal(signal.SIGTERM)
     assert first.proc.wait(timeout=10) == 0

@@ -4,7 +4,8 @@
 ``settings.py``, whose docstring explains the timeouts, leases and limits.
 The jobs are ``fetch_range`` (``jobs.py``), ``finalize`` and the ``sweep``
 cron job (``finalize.py``); ``runtime.py`` holds the per-process state
-(the httpx clients, the ``Store``, leases, the heartbeat) and ``files.py``
-the ``.part`` file handling and hashing.  Everything here imports only
-from ``rangefetch``.
+(the httpx clients, the ``Store``, leases, the heartbeat), ``files.py``
+the ``.part`` file handling and hashing, and ``handoff.py`` the rule by
+which a straggling range run hands its range to another connection.
+Everything here imports only from ``rangefetch``.
 """

@@ -5,10 +5,20 @@ settings once, configures logging (never header values, never the Redis
 settings, whose repr holds the password) and runs the worker until SIGTERM
 or SIGINT, or until the queue is empty with ``--burst``.
 
+A worker is quiet by default: one line when it starts and stops, one per
+download it starts and one per download it ends (complete or failed), and
+what goes wrong (Redis lost and back, a lease lost, ranges redone).  Per-range
+lines, its own and arq's (a job started, done, retried), come with ``-v``.
+An expected failure (a ``RangefetchError``: the remote file changed, an HTTP
+404) is one line without a traceback (``ExpectedErrors``); a traceback means a bug.
+
 Proxies and the default trust store (``--proxy``, ``--noproxy``,
 ``--ca-certificate``, ``--insecure``, or the standard variables) are the
 worker's own: they are checked before it starts, since a proxy URL or CA
-file it could not use would fail every range it takes.  A download
+file it could not use would fail every range it takes.  So is its local
+address (``--interface ADDR``, ``RANGEFETCH_INTERFACE``): every connection
+the worker makes to a server or proxy comes from it (not its Redis
+connection), and its heartbeat reports it.  A download
 enqueued with its own CA certificates or ``--insecure`` keeps them
 (``Runtime.client_for``).
 
@@ -37,15 +47,23 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from rangefetch import QueueError, Settings
-from rangefetch.cli import build_settings, network_options, run, setup_logging, speed_options
+from rangefetch import QueueError, RangefetchError, Settings
+from rangefetch.cli import (
+    build_settings,
+    interface_option,
+    network_options,
+    retry_options,
+    run,
+    setup_logging,
+    speed_options,
+)
 from rangefetch.connections import PATIENT_OUTAGE, RedisLink, redis_settings
 from rangefetch.network import check_network
 
 from .runtime import shutdown
 from .settings import create_worker
 
-__all__ = ["serve", "worker"]
+__all__ = ["ExpectedErrors", "quiet_arq", "serve", "worker"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +80,14 @@ T = TypeVar("T")
 @click.option("--redis", "redis_url", help="Redis URL (default: RANGEFETCH_REDIS_URL).")
 @network_options
 @speed_options
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@retry_options
+@click.option("-A", "--user-agent", metavar="NAME", help="User-Agent for downloads enqueued without one of their own.")
+@click.option(
+    "--per-host-rate", metavar="RATE",
+    help="At most RATE bytes/s from one server host, over the whole cluster, e.g. 50M (default: no limit).",
+)  # fmt: skip
+@interface_option
+@click.option("-v", "--verbose", is_flag=True, help="Per-range and debug lines too.")
 def worker(
     concurrency: int | None,
     burst: bool,
@@ -73,6 +98,12 @@ def worker(
     insecure: bool | None,
     speed_limit: str | None,
     speed_time: float | None,
+    max_tries: int | None,
+    retry_wait: float | None,
+    connect_timeout: float | None,
+    user_agent: str | None,
+    per_host_rate: str | None,
+    interface: str | None,
     verbose: bool,
 ) -> None:
     """Fetch ranges and finalize downloads from the Redis queue until stopped.
@@ -82,18 +113,53 @@ def worker(
     """
     # A worker is a service: it logs what it does (info) by default, with times and sources.
     setup_logging(2 if verbose else 1, fmt=LOG_FORMAT)
+    quiet_arq(verbose=verbose)
 
     async def main() -> None:
         settings = build_settings(
             worker_concurrency=concurrency, redis_url=redis_url,
             proxy=proxy, no_proxy=no_proxy, ca_certificate=ca_certificate, insecure=insecure,
-            speed_limit=speed_limit, speed_time=speed_time,
+            speed_limit=speed_limit, speed_time=speed_time, interface=interface,
+            max_tries=max_tries, retry_wait=retry_wait, connect_timeout=connect_timeout,
+            user_agent=user_agent, per_host_rate=per_host_rate,
         )  # fmt: skip
         redis_settings(settings)  # a missing or malformed URL fails here, in one line
         check_network(settings)
         await serve(settings, burst=burst)
 
     run(main)
+
+
+class ExpectedErrors(logging.Filter):
+    """Takes arq's line with a traceback off a job that failed with a ``RangefetchError``.
+
+    Such a failure is expected (an HTTP 404, a changed remote file, a
+    checksum that does not match): the job has recorded it on the download
+    and logged it in one line (``worker.downloads.fail``).  arq logs every
+    failed job with its traceback, which is for bugs: for these the line is
+    dropped, or kept without the traceback with ``-v``.
+    """
+
+    def __init__(self, *, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None or not isinstance(record.exc_info[1], RangefetchError):
+            return True
+        record.exc_info = record.exc_text = None
+        return self.verbose
+
+
+def quiet_arq(*, verbose: bool) -> None:
+    """arq's own lines: its line per job start, end and retry (per-range lines) only with ``verbose``.
+
+    Its warnings stay; ``ExpectedErrors`` takes the tracebacks off expected failures.
+    """
+    arq_log = logging.getLogger("arq.worker")
+    if not verbose:
+        arq_log.setLevel(logging.WARNING)
+    arq_log.addFilter(ExpectedErrors(verbose=verbose))
 
 
 async def serve(settings: Settings, *, burst: bool = False, **overrides: Any) -> None:

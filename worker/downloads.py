@@ -1,16 +1,23 @@
-"""The download records jobs act on: is there still work, and failing it with a clear reason."""
+"""The download records jobs act on: is there still work, and failing it with a clear reason.
+
+A worker logs one line when a download starts (``log_started``, by the run
+that moved it from queued) and one when it ends: complete (the finalizer)
+or failed (``fail``, once, by whoever failed it).  Per-range lines are
+debug lines (``rangefetch worker -v``).
+"""
 
 from __future__ import annotations
 
 import logging
 
 from rangefetch import RangefetchError, StateError
+from rangefetch.display import format_bytes
 from rangefetch.plan import Range
 from rangefetch.redact import redact_url
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
 
-__all__ = ["active_spec", "fail"]
+__all__ = ["active_spec", "fail", "log_started"]
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +26,16 @@ async def active_spec(store: Store, download_id: str) -> tuple[DownloadSpec, Dow
     """The download's spec and state, or ``None`` when there is nothing to do for it."""
     state = await store.state(download_id)
     if state is None or state.finished:
-        log.info("download %s is %s; nothing to do", download_id, state.value if state else "gone")
+        log.debug("download %s is %s; nothing to do", download_id, state.value if state else "gone")
         return None
     spec = await store.spec(download_id)
     return (spec, state) if spec is not None else None
+
+
+def log_started(spec: DownloadSpec) -> None:
+    """The line a download's start gets in the log: once, by the job that started it."""
+    ranges = f"{spec.ranges} range" + ("" if spec.ranges == 1 else "s")
+    log.info("download %s started: %s (%s, %s)", spec.id, spec.path, format_bytes(spec.size), ranges)
 
 
 async def fail(store: Store, download_id: str, exc: BaseException, *, rng: Range | None = None) -> bool:
@@ -40,7 +53,7 @@ async def fail(store: Store, download_id: str, exc: BaseException, *, rng: Range
     try:
         await store.set_state(download_id, DownloadState.FAILED, error=reason)
     except StateError:
-        log.info("download %s already finished; ignoring: %s", download_id, reason)
+        log.debug("download %s already finished; ignoring: %s", download_id, reason)
         return False
     if rng is not None:
         await store.fail_range(download_id, rng, reason)

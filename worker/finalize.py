@@ -35,7 +35,9 @@ as they finished and runs the same steps (``finalize``) with what it found.
    (``producer.enqueue``).  Without a validator it is removed.
 5. **All good**: ``PartFile.commit()`` renames ``.part`` to the final name
    and fsyncs the directory; the download becomes ``complete`` with its
-   sha256.  If a finalizer dies between the rename and that state change,
+   sha256.  As in embedded mode, the rename never replaces a file that is
+   already at the final name: the download fails instead (``OutputExistsError``),
+   its verified ``.part`` kept.  If a finalizer dies between the rename and that state change,
    the next one verifies the renamed file against the range digests and
    completes it.
 
@@ -86,7 +88,7 @@ from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec
 
-from .downloads import active_spec, fail
+from .downloads import active_spec, fail, log_started
 from .files import Hashed, check_size, hash_file, open_for_reading
 from .runtime import HARD_STOP_MARGIN, Lease, LeaseLost, Runtime
 
@@ -111,7 +113,7 @@ async def finalize_job(ctx: dict[str, Any], download_id: str) -> None:
     async with rt.job(ctx) as lease:
         try:
             if rt.settings.jobs.verify_early and await rt.store.verifier(download_id):
-                log.info("download %s: its verifier is finishing it", download_id)
+                log.debug("download %s: its verifier is finishing it", download_id)
                 return
             await finalize(rt, lease, download_id)
         except LeaseLost as exc:
@@ -120,9 +122,9 @@ async def finalize_job(ctx: dict[str, Any], download_id: str) -> None:
         except QueueError as exc:
             retry = rt.redis_retry(lease)
             if retry is None:
-                log.error("finalizer of %s: %s; too often in a row: the sweep enqueues it again", download_id, exc)
+                log.debug("finalizer of %s: %s; too often in a row: the sweep enqueues it again", download_id, exc)
                 return
-            log.warning("finalizer of %s: %s; retrying", download_id, exc)
+            log.debug("finalizer of %s: %s; retrying", download_id, exc)  # the link says Redis is away, once
             raise retry from exc
 
 
@@ -143,7 +145,7 @@ async def finalize(rt: Runtime, lease: Lease, download_id: str, *, hashed: Hashe
         if found is None:
             return True
         if not await store.claim_finalizer(download_id, lease.token, ttl=rt.settings.jobs.lease):
-            log.info("download %s: another finalizer holds the guard", download_id)
+            log.debug("download %s: another finalizer holds the guard", download_id)
             return False
         lease.guard = download_id
         try:
@@ -175,7 +177,7 @@ async def _finalize(rt: Runtime, lease: Lease, spec: DownloadSpec, state: Downlo
     missing = [r for r in planned if r not in done]
     if missing:
         # A stale trigger, or a redo cut short: fetch what is missing.
-        log.info("download %s: %d ranges are not done yet", spec.id, len(missing))
+        log.debug("download %s: %d ranges are not done yet", spec.id, len(missing))
         lease.check()
         if state is DownloadState.VERIFYING:
             await store.set_state(spec.id, DownloadState.RUNNING)
@@ -183,7 +185,8 @@ async def _finalize(rt: Runtime, lease: Lease, spec: DownloadSpec, state: Downlo
         await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, missing, front=True)
         return
     if state is not DownloadState.VERIFYING:
-        await store.set_state(spec.id, DownloadState.VERIFYING)
+        if await store.set_state(spec.id, DownloadState.VERIFYING) is DownloadState.QUEUED:
+            log_started(spec)  # nothing to fetch (an empty file, or every range kept): it starts here
     part = PartFile(resolve_output(rt.download_dir, spec.path, confine=True))
     source = await asyncio.to_thread(_source, part, renamed_ok=state is DownloadState.VERIFYING)
     checksum = Checksum.parse(spec.checksum) if spec.checksum else None
@@ -209,7 +212,7 @@ async def _finalize(rt: Runtime, lease: Lease, spec: DownloadSpec, state: Downlo
                 raise
             raise VerificationError(f"{exc}; {kept}") from exc
     if source == part.part:
-        await asyncio.to_thread(part.commit)
+        await asyncio.to_thread(part.commit, last_modified=spec.last_modified)  # never over another file
     await store.set_state(spec.id, DownloadState.COMPLETE, sha256=whole["sha256"])
     log.info("download %s complete: %s (sha256 %s)", spec.id, spec.path, whole["sha256"])
 
@@ -265,7 +268,7 @@ async def _release(rt: Runtime, download_id: str, owner: str) -> None:
     try:
         await rt.store.release_finalizer(download_id, owner)
     except QueueError as exc:  # it is a lease: it lapses by itself
-        log.warning("finalizer of %s: %s", download_id, exc)
+        log.debug("finalizer of %s: %s", download_id, exc)
 
 
 def _check_size(path: Path, size: int) -> None:

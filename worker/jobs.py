@@ -23,6 +23,13 @@ How a run ends
   hard stop shortly before the timeout turns even a run that overran
   (a stalled disk or Redis) into a retry.  Yielding also lets other
   downloads have the connection slot.
+* **Handed off** (a straggler, ``worker.handoff``): a run far slower than
+  the other runs of its download in this worker (checked every
+  ``handoff.TICK`` seconds, without Redis) stops as at the end of its budget:
+  its connection is closed, its bytes fsynced and recorded, and
+  ``Retry(defer=0)`` gives the range, at its place in the queue, to the next
+  run on another connection, which resumes from the recorded bytes.  At
+  most ``handoff.MAX_HANDOFFS`` times per range.
 * **No free slot**: ``Retry(defer=slot_wait * U(0.5, 1.5))`` without
   holding a worker slot; the jitter spreads the retries out.  The wait
   ends: every slot is a lease that its holder renews only while it holds
@@ -96,8 +103,9 @@ from rangefetch.queue import enqueue_finalizer
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec
 
-from .downloads import active_spec, fail
+from .downloads import active_spec, fail, log_started
 from .files import RangeDigest, hash_prefix, hash_range, open_part, part_path
+from .handoff import MAX_HANDOFFS, TICK, RunPace
 from .runtime import HARD_STOP_MARGIN, Lease, LeaseLost, Runtime
 from .verifier import start_verifier
 
@@ -114,6 +122,7 @@ NOTE_TIMEOUT = 2.0  # seconds a retry note may take to reach Redis before it is 
 class _End(Enum):
     DONE = "done"
     BUDGET = "budget"
+    HANDOFF = "handoff"  # a straggler: the range goes on over another connection
     STOPPED = "stopped"
 
 
@@ -145,9 +154,9 @@ async def fetch_range_job(ctx: dict[str, Any], download_id: str, start: int, end
                 raise lease.give_up() from exc
             retry = rt.redis_retry(lease)
             if retry is None:
-                log.error("range %s of %s: %s; too often in a row: the sweep enqueues it again", rng, download_id, exc)
+                log.debug("range %s of %s: %s; too often in a row: the sweep enqueues it again", rng, download_id, exc)
                 return
-            log.warning("range %s of %s: %s; retrying", rng, download_id, exc)
+            log.debug("range %s of %s: %s; retrying", rng, download_id, exc)  # the link says Redis is away, once
             raise retry from exc
 
 
@@ -159,7 +168,8 @@ async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
     spec, state = found
     try:
         if state is DownloadState.QUEUED:
-            await store.set_state(download_id, DownloadState.RUNNING)
+            if await store.set_state(download_id, DownloadState.RUNNING) is DownloadState.QUEUED:
+                log_started(spec)  # the run that started it: once per download
         part = part_path(rt.download_dir, spec)
         fd = await asyncio.to_thread(open_part, part, spec.size)
         try:
@@ -185,7 +195,8 @@ async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
     log.debug("range %s of %s done (%d of %d)", rng, download_id, count, spec.ranges)
     if count >= spec.ranges:
         added = await enqueue_finalizer(rt.redis, rt.settings.queue_name, download_id)
-        log.info("download %s: all %d ranges done; finalizer %s", download_id, count, "enqueued" if added else "queued")
+        how = "enqueued" if added else "already queued"
+        log.debug("download %s: all %d ranges done; finalizer %s", download_id, count, how)
     else:
         await start_verifier(rt, spec)
 
@@ -223,7 +234,7 @@ async def _fetch(
             await store.release_slots(token, list(limits))
             await store.stop_range(spec.id, rng, rt.worker_id)
         except QueueError as exc:  # the leases lapse by themselves
-            log.warning("range %s of %s: %s", rng, spec.id, exc)
+            log.debug("range %s of %s: %s", rng, spec.id, exc)
 
 
 class _RecordingBackoff(Backoff):
@@ -245,6 +256,10 @@ class _Transfer:
         self.began = time.monotonic()
         self.backoff = _RecordingBackoff(rt.settings.retry, on_retry=self._note_retry)
         self.bounded: _Bounded | None = None
+        # The download's --limit-rate and the host's cap, over the cluster (rangefetch.ratelimit).
+        self.throttle = rt.store.throttle(spec, host_key(spec.final_url), host_rate=rt.settings.per_host_rate)
+        self.pace: RunPace | None = None  # this run's speed, for the straggler rule (``worker.handoff``)
+        self.asked = False  # whether this run asked to hand off (once at most: a yes ends it, a no stands)
 
     def digest(self) -> str | None:
         """The ``RangeDigest`` of the range as written, when the run wrote it to its end in order."""
@@ -255,6 +270,8 @@ class _Transfer:
 
     def _count(self, n: int) -> None:
         self.written += n
+        if self.pace is not None:
+            self.pace.arrived(n)
 
     def _progressed(self) -> bool:
         """Whether this run moved the range on: the bytes the low-speed rule asks for its time (a window at most).
@@ -264,7 +281,7 @@ class _Transfer:
         enough for the rule to trip in it.  With the rule off, any byte counts.
         """
         rule = self.rt.settings.low_speed
-        asked = min(rule.window, math.ceil(rule.limit * (time.monotonic() - self.began)))
+        asked = min(rule.window, math.ceil(rule.limit * (time.monotonic() - self.began - self._held())))
         return self.saved - self.started >= max(1, asked)
 
     async def _note_retry(self, delay: float, exc: TransientError) -> None:
@@ -314,7 +331,7 @@ class _Transfer:
         cause = exc if isinstance(exc, TransientError) else exc.__cause__
         why = cause if isinstance(cause, TransientError) else TransientError(str(exc))
         delay = self._delay(attempts, why)
-        log.info("range %s of %s: %s; retrying in %.1fs", rng, self.spec.id, exc, delay)
+        log.debug("range %s of %s: %s; retrying in %.1fs", rng, self.spec.id, exc, delay)
         await self._note_retry(delay, why)
         raise Retry(defer=delay) from exc
 
@@ -338,6 +355,9 @@ class _Transfer:
         )
         end = _End.DONE
         client = rt.client_for(spec)
+        interval = rt.settings.checkpoint_interval
+        pace = self.pace = rt.pace.start(spec.id)
+        sample = False  # whether this run's speed is one to compare others with
         try:
             async with asyncio.TaskGroup() as tg:
                 task = tg.create_task(
@@ -351,22 +371,69 @@ class _Transfer:
                         backoff=self.backoff,
                         on_progress=self._count,
                         low_speed=rt.settings.low_speed,
+                        throttle=self.throttle,
                     )  # fmt: skip
                 )
+                checkpoint = loop.time() + interval
                 while not task.done():
-                    left = deadline - loop.time()
+                    now = loop.time()
+                    left = deadline - now
                     if left <= 0:
                         end = _End.BUDGET
                         task.cancel()
                         break
-                    await asyncio.wait([task], timeout=min(rt.settings.checkpoint_interval, left))
-                    if not task.done() and not await self._checkpoint(writer.inner):
-                        end = _End.STOPPED
+                    await asyncio.wait([task], timeout=max(0.0, min(TICK, checkpoint - now, left)))
+                    if task.done():
+                        break
+                    if await self._straggling():
+                        end = _End.HANDOFF
                         task.cancel()
                         break
+                    if loop.time() >= checkpoint:
+                        if not await self._checkpoint(writer.inner):
+                            end = _End.STOPPED
+                            task.cancel()
+                            break
+                        checkpoint = loop.time() + interval
+            sample = end is not _End.HANDOFF
         except BaseExceptionGroup as group:
             raise _single(group) from None
+        finally:
+            pace.held = self._held()
+            rt.pace.finish(spec.id, pace, sample=sample)
         return end
+
+    def _held(self) -> float:
+        """Seconds this run waited for our own rate limit: time the server is not to blame for."""
+        return self.throttle.waited if self.throttle is not None else 0.0
+
+    async def _straggling(self) -> bool:
+        """Whether this run is far slower than its peers and may hand its range off (``worker.handoff``).
+
+        The rule is local; only a yes costs a Redis command (the count that
+        bounds hand-offs per range), and a run asks it once.
+        """
+        pace = self.pace
+        if self.asked or pace is None:
+            return False
+        if self.throttle is not None and self.throttle.held_back():
+            return False  # our rate limit holds the download back: another connection would bring no byte more
+        pace.held = self._held()
+        if not self.rt.pace.slow(self.spec.id, pace, left=self.rng.length - self.written):
+            return False
+        self.asked = True
+        try:
+            asked = await self.rt.store.count_handoff(self.spec.id, self.rng)
+        except QueueError as exc:  # Redis is away: stay on this connection
+            log.debug("range %s of %s: hand-off not counted: %s", self.rng, self.spec.id, exc)
+            return False
+        if asked > MAX_HANDOFFS:
+            log.debug(
+                "range %s of %s: slow, but handed off %d times already; it stays on its connection",
+                self.rng, self.spec.id, MAX_HANDOFFS,
+            )  # fmt: skip
+            return False
+        return True
 
     async def _checkpoint(self, writer: FileWriter) -> bool:
         """Fsync and record progress; whether the download still wants this range.
@@ -378,8 +445,8 @@ class _Transfer:
         try:
             await self._save(writer)
             state = await self.rt.store.state(self.spec.id)
-        except QueueError as exc:  # Redis is away: keep fetching, record later
-            log.warning("range %s of %s: %s", self.rng, self.spec.id, exc)
+        except QueueError as exc:  # Redis is away (the link says so, once): keep fetching, record later
+            log.debug("range %s of %s: %s", self.rng, self.spec.id, exc)
             return True
         return state is not None and not state.finished
 
@@ -395,12 +462,12 @@ class _Transfer:
         except (RangefetchError, LeaseLost) as exc:
             if not quiet:
                 raise
-            log.warning("range %s of %s: progress not saved: %s", self.rng, self.spec.id, exc)
+            log.debug("range %s of %s: progress not saved: %s", self.rng, self.spec.id, exc)
 
     async def _settle(self, end: _End) -> _End:
         self.lease.check()
         rng, jobs = self.rng, self.rt.settings.jobs
-        if end is _End.BUDGET:
+        if end is _End.BUDGET or end is _End.HANDOFF:
             attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self._progressed())
             last = self.backoff.last
             if attempts >= jobs.max_attempts:
@@ -409,7 +476,8 @@ class _Transfer:
             # A run that made progress continues at once, keeping its place;
             # one that spent its budget failing waits as the last failure asks.
             delay = self._delay(attempts, last) if attempts and last else 0
-            log.info("range %s of %s: budget used at byte %d of %d", rng, self.spec.id, self.saved, rng.length)
+            why = "budget used" if end is _End.BUDGET else "far slower than its peers, handed to another connection"
+            log.debug("range %s of %s: %s at byte %d of %d", rng, self.spec.id, why, self.saved, rng.length)
             if delay and last:
                 await self._note_retry(delay, last)
             raise Retry(defer=delay)

@@ -1,7 +1,9 @@
 """What a worker process keeps in arq's ``ctx``: its clients, one store, leases, a heartbeat, verifiers.
 
 ``startup`` (arq's ``on_startup``) builds one ``Runtime`` per process and
-``shutdown`` closes it; jobs find it with ``Runtime.of(ctx)``.
+``shutdown`` closes it; jobs find it with ``Runtime.of(ctx)``.  It also keeps
+the speeds of the process's range runs (``Runtime.pace``), which the
+straggler rule compares a run with (``worker.handoff``).
 
 Clients
 -------
@@ -77,6 +79,8 @@ from redis.exceptions import RedisError
 
 from rangefetch import QueueError, Settings, Trust, make_client
 from rangefetch.store import DownloadSpec, Store, WorkerInfo
+
+from .handoff import Pace
 
 __all__ = [
     "HARD_STOP_MARGIN",
@@ -222,7 +226,7 @@ class Lease:
                     log.warning("%s lost its lease (it lapsed, or another run holds it); it stops", self.name)
                     return
                 if failing:
-                    log.info("%s renewed its lease again", self.name)
+                    log.debug("%s renewed its lease again", self.name)
                 failing = False
                 await asyncio.sleep(interval)
             except QueueError as exc:
@@ -231,8 +235,8 @@ class Lease:
                     self.lost = True
                     log.warning("%s: its lease lapsed while Redis failed (%s); it stops", self.name, exc)
                     return
-                if not failing:
-                    log.warning("%s: %s", self.name, exc)
+                if not failing:  # per job: the link says once that Redis is away
+                    log.debug("%s: %s", self.name, exc)
                 failing = True
                 await asyncio.sleep(min(interval, left / 2))
 
@@ -253,6 +257,7 @@ class Runtime:
     # (insecure, ca_pem) of downloads that bring their own trust -> their client
     clients: dict[tuple[bool, str | None], httpx.AsyncClient] = field(default_factory=dict)
     redis_failures: dict[str, int] = field(default_factory=dict)  # job id -> its runs in a row that Redis failed
+    pace: Pace = field(default_factory=Pace)  # range runs' speeds, for the straggler rule (``worker.handoff``)
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> Runtime:
@@ -279,7 +284,7 @@ class Runtime:
             trust = Trust.from_settings(self.settings, ca_pem=spec.ca_pem, insecure=spec.insecure)
             client = self.clients[key] = make_client(_client_settings(self.settings), trust=trust)
             self.stack.push_async_callback(client.aclose)
-            log.info(
+            log.debug(
                 "download %s brings its own trust (%s); a client for it",
                 spec.id, "insecure" if spec.insecure else "its CA certificates",
             )  # fmt: skip
@@ -345,7 +350,7 @@ class Runtime:
         host, pid = socket.gethostname(), os.getpid()
         failing = False
         while True:
-            info = WorkerInfo(self.worker_id, host, pid, len(self.running), time.time())
+            info = WorkerInfo(self.worker_id, host, pid, len(self.running), time.time(), self.settings.interface)
             try:
                 await self.store.heartbeat(info)
                 if failing:

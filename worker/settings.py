@@ -35,6 +35,12 @@ What we choose
   its time (one window at most) is a run without progress
   (``worker.jobs``), so a trickle fails after ``jobs.max_attempts`` runs
   even when a run is shorter than the rule's window.
+* **Stragglers** hand their range off (``worker.handoff``): a run far
+  slower than the download's other runs in its worker ends as at its
+  budget (``Retry(defer=0)``, same place in the queue) and the range goes
+  on from its last recorded byte over another connection; at most
+  ``handoff.MAX_HANDOFFS`` times per range, so a server slow for every
+  connection causes no ping-pong.
 * **``max_tries``** is set out of reach: slot waits and budget continuations
   are retries too, and our own count (runs in a row without progress,
   ``jobs.max_attempts``) decides when a range has failed.

@@ -85,7 +85,7 @@ async def start_verifier(rt: Runtime, spec: DownloadSpec) -> None:
         return
     since = time.monotonic()
     if await rt.store.claim_verifier(spec.id, rt.worker_id, ttl=rt.settings.jobs.lease):
-        log.info("download %s: verifying finished ranges as they come", spec.id)
+        log.debug("download %s: verifying finished ranges as they come", spec.id)
         rt.run_verifier(spec.id, Verifier(rt, spec, since=since).run())
 
 
@@ -110,8 +110,8 @@ class Verifier:
                     await self._finish(hashed)
         except LeaseLost as exc:
             log.warning("verifier of %s stops: %s", spec.id, exc)
-        except RangefetchError as exc:  # a failure of the download itself is already recorded on it
-            log.warning("verifier of %s stops: %s", spec.id, exc)
+        except RangefetchError as exc:  # a failure of the download itself is already recorded (and logged)
+            log.debug("verifier of %s stops: %s", spec.id, exc)
             stopped = True
         finally:
             await asyncio.shield(self._leave(stopped=stopped))
@@ -193,7 +193,7 @@ class Verifier:
         while not await finalize(self.rt, self.lease, self.spec.id, hashed=hashed):
             self.lease.check()
             if time.monotonic() >= give_up:
-                log.info("verifier of %s: another finalizer keeps the guard; leaving the download to it", self.spec.id)
+                log.debug("verifier of %s: another finalizer keeps the guard; leaving the download to it", self.spec.id)
                 return
             await asyncio.sleep(delay)
             delay = min(1.0, 2 * delay)
@@ -210,7 +210,7 @@ class Verifier:
             if state is not None and not state.finished and await store.done_count(spec.id) >= spec.ranges:
                 await enqueue_finalizer(rt.redis, rt.settings.queue_name, spec.id)
         except QueueError as exc:  # the lease lapses by itself, and the sweep enqueues the finalizer
-            log.warning("verifier of %s: %s", spec.id, exc)
+            log.debug("verifier of %s: %s", spec.id, exc)
 
 
 async def _wait(wake: Callable[[float], Awaitable[None]]) -> None:
