@@ -150,12 +150,15 @@ class Sampler(threading.Thread):
             self.stop.wait(SAMPLE)
 
 
-def windows(points: list[tuple[float, int]], size: int) -> list[float]:
+def windows(points: list[tuple[float, int]]) -> list[float]:
     """Bytes/s in 10-s windows starting every second, from the first byte to 10 s before the last."""
     started = next((t for t, b in points if b > 0), None)
-    ended = next((t for t, b in points if b >= size), None)
-    if started is None or ended is None:
+    if started is None:
         return []
+    # The end: the first sample at the final count (which may stop a few bytes
+    # short of the size: the last reads come as the sampler is stopped).
+    final = max(b for _, b in points)
+    ended = next(t for t, b in points if b >= final)
 
     def at(t: float) -> int:  # bytes by time t (the last sample at or before it)
         best = 0
@@ -272,8 +275,8 @@ class Bench:
         run.requests, run.served = len(gets), sum(r.sent for r in gets)
         samples = sampler.samples
         run.series = [(round(t - t0, 1), r, s) for t, r, s in samples[:: int(1 / SAMPLE)]]
-        run.read = [r / rate for r in windows([(t, r) for t, r, _ in samples], size)]
-        served = windows([(t, s) for t, _, s in samples], size)
+        run.read = [r / rate for r in windows([(t, r) for t, r, _ in samples])]
+        served = windows([(t, s) for t, _, s in samples])
         run.served_first = served[0] / rate if served else None
         run.whole = size / run.seconds / rate
         shutil.rmtree(rundir, ignore_errors=True)

@@ -155,9 +155,13 @@ class BatchedThrottle:
 
     ``reserve(n)`` takes ``n`` tokens from the shared limiter and returns how
     many seconds to wait before using them.  Bytes are taken from the batch
-    in hand; when it runs out, one taker (the others wait their turn) reserves
-    what is owed plus a new batch and waits as told.  What is left of a batch
-    when nobody takes any more is lost, at most one batch.
+    in hand; a taker that finds it short reserves what it lacks, at least a
+    batch, and waits as told, by itself: takers are not queued behind one
+    another's waits (a queue would make the takers of one worker move in
+    convoys, their reads lumped into bursts seconds apart).  What is left of
+    a batch is in hand at once, so a process runs ahead of the shared
+    schedule by at most about a batch; what is left when nobody takes any
+    more is lost, at most one batch.
 
     Args:
         reserve: takes tokens from the shared limiter (``Store.take_rate``).
@@ -179,8 +183,7 @@ class BatchedThrottle:
         self.ahead = ahead
         self._clock = clock
         self._sleep = sleep
-        self._balance = 0  # tokens in hand; below 0: bytes taken that are not paid for yet
-        self._lock = asyncio.Lock()
+        self._balance = 0  # tokens in hand
         self._waits_until = -math.inf  # when the limiter's last wait ends
 
     def held_back(self) -> bool:
@@ -188,21 +191,21 @@ class BatchedThrottle:
         return self._clock() < self._waits_until + HELD_GRACE
 
     async def take(self, n: int) -> None:
-        self._balance -= n
-        if self._balance >= 0:
+        if self._balance >= n:
+            self._balance -= n
             return
-        async with self._lock:
-            if self._balance >= 0:  # another taker paid while this one waited
-                return
-            need = max(self._batch, -self._balance)
+        lacking = n - self._balance
+        need = max(self._batch, lacking)
+        self._balance = need - lacking  # the rest of the batch is in hand for the next takes
+        try:
             delay = await self._reserve(need)
-            if delay > 0:
-                self._waits_until = max(self._waits_until, self._clock() + delay)
-            try:
-                if delay > 0:
-                    await self._sleep(delay)
-            finally:
-                self._balance += need  # reserved in Redis: paid, even if this wait was cancelled
+        except BaseException:
+            self._balance -= need - lacking  # not reserved: the tokens were never had
+            self._balance += n - lacking
+            raise
+        if delay > 0:
+            self._waits_until = max(self._waits_until, self._clock() + delay)
+            await self._sleep(delay)
 
     def refund(self, n: int) -> None:
         self._balance += n  # back in hand, for this process's next takes

@@ -148,6 +148,43 @@ async def test_a_batched_throttle_pays_a_chunk_larger_than_its_batch() -> None:
     assert limiter.calls == [1 * MIB, 64 * KIB]
 
 
+async def test_batched_takers_wait_their_own_turn_not_behind_each_other() -> None:
+    # Two takers short at once each reserve and wait what the limiter says
+    # for them (0.9 s and 1.9 s at 1000 B/s), side by side: not a convoy.
+    clock = FakeTime()
+    limiter = FakeLimiter(1000, clock)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    throttle = BatchedThrottle(limiter.reserve, batch=1000, clock=clock, sleep=sleep)
+    await asyncio.gather(throttle.take(1000), throttle.take(1000))
+    assert limiter.calls == [1000, 1000]
+    assert slept == pytest.approx([0.9, 1.9])
+    assert throttle.held_back()
+    clock.now = 1.9 + 1.0 + 0.01  # a second after the last wait ended
+    assert not throttle.held_back()
+
+
+async def test_a_batched_take_that_could_not_reserve_leaves_nothing_in_hand() -> None:
+    async def failing(n: int) -> float:
+        raise ConnectionError("Redis is away")
+
+    throttle = BatchedThrottle(failing, batch=64 * KIB)
+    with pytest.raises(ConnectionError):
+        await throttle.take(1000)
+    calls: list[int] = []
+
+    async def reserve(n: int) -> float:
+        calls.append(n)
+        return 0.0
+
+    throttle._reserve = reserve
+    await throttle.take(1000)
+    assert calls == [64 * KIB]  # the batch the failed take credited was not there
+
+
 async def test_timed_throttle_adds_up_its_waits() -> None:
     clock = FakeTime()
     timed = TimedThrottle(LocalThrottle(1000, clock=clock, sleep=clock.sleep), clock=clock)
