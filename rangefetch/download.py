@@ -45,6 +45,7 @@ from .errors import (
     collapse,
 )
 from .fetch import fetch_range, fetch_stream
+from .lowspeed import AllSlow
 from .names import filename_from_disposition, filename_from_url, resolve_output
 from .plan import MAX_RANGES, Range, check_chunk_size, choose_chunk_size, merge_ranges, missing_ranges
 from .probe import RemoteFile, probe
@@ -212,12 +213,19 @@ async def _hash_file(path: Path, algorithms: set[str]) -> dict[str, str]:
 
 
 class _RetryNote:
-    """``Backoff``'s ``on_retry`` hook for embedded mode: the wait goes on the tracker for the display."""
+    """``Backoff``'s ``on_retry`` hook for embedded mode: the wait goes on the tracker for the display.
 
-    def __init__(self, tracker: Tracker) -> None:
+    With ``slow`` (a transfer's), a low-speed trip also counts toward giving
+    up on a server that trickles to every connection.
+    """
+
+    def __init__(self, tracker: Tracker, slow: AllSlow | None = None) -> None:
         self.tracker = tracker
+        self.slow = slow
 
     async def __call__(self, delay: float, exc: TransientError) -> None:
+        if self.slow is not None:
+            self.slow.failed(exc)
         self.tracker.retrying(delay, exc.reason)
 
 
@@ -260,6 +268,8 @@ class _Transfer:
         self.budget: asyncio.Semaphore | None = None  # connection slots shared with other downloads
         self.replace = False  # replace a file at the final path
         self.connections = 0  # the most fetches running at once
+        self.running = 0  # fetches running now
+        self.slow = AllSlow(settings.low_speed, lambda: self.running, url=remote.url)
 
     async def run(self, checksum: Checksum | None) -> DownloadResult:
         began = time.monotonic()
@@ -291,8 +301,8 @@ class _Transfer:
                             remote,
                             writer,
                             headers=self.headers,
-                            backoff=Backoff(self.settings.retry, on_retry=_RetryNote(self.tracker)),
-                            on_progress=self.tracker.advance,
+                            backoff=Backoff(self.settings.retry, on_retry=_RetryNote(self.tracker, self.slow)),
+                            on_progress=self._advance,
                             low_speed=self.settings.low_speed,
                             throttle=self.throttle,
                         )
@@ -387,6 +397,10 @@ class _Transfer:
             )  # fmt: skip
         return ResumeRecord.for_remote(remote, chunk), False
 
+    def _advance(self, n: int) -> None:
+        self.tracker.advance(n)
+        self.slow.arrived(n)
+
     async def _fetch_ranges(self, todo: list[Range], writer: FileWriter, record: ResumeRecord) -> None:
         throttle = self.throttle
         scheduler = Scheduler(todo, held_back=throttle.held_back if throttle is not None else None)
@@ -411,10 +425,9 @@ class _Transfer:
 
         def advance(seg: Segment, n: int) -> None:
             scheduler.progress(seg, n)
-            self.tracker.advance(n)
+            self._advance(n)
 
         budget = self.budget
-        running = 0
 
         async def claim() -> Segment | None:
             """The next segment, with a slot of the budget taken first (a segment
@@ -431,10 +444,9 @@ class _Transfer:
                 await asyncio.sleep(RECHECK)  # a range in flight may become worth splitting
 
         async def fetcher() -> None:
-            nonlocal running
             while (seg := await claim()) is not None:
-                running += 1
-                self.connections = max(self.connections, running)
+                self.running += 1
+                self.connections = max(self.connections, self.running)
                 try:
                     async with asyncio.timeout(None) as scope:
                         seg.scope = scope
@@ -444,7 +456,7 @@ class _Transfer:
                             seg.range(),
                             writer,
                             headers=self.headers,
-                            backoff=Backoff(settings.retry, on_retry=_RetryNote(self.tracker)),
+                            backoff=Backoff(settings.retry, on_retry=_RetryNote(self.tracker, self.slow)),
                             on_progress=functools.partial(advance, seg),
                             segment=seg,
                             low_speed=settings.low_speed,
@@ -456,7 +468,7 @@ class _Transfer:
                     # Stopped by a steal that took everything it had left.
                 finally:
                     seg.scope = None
-                    running -= 1
+                    self.running -= 1
                     if budget is not None:
                         budget.release()
                 scheduler.finish(seg)

@@ -39,6 +39,8 @@ from rangefetch import (
 )
 from rangefetch.client import translate_error
 from rangefetch.display import plain_line, show_progress
+from rangefetch.errors import RetriesExhaustedError
+from rangefetch.lowspeed import AllSlow
 from rangefetch.settings import DEFAULT_LOW_SPEED
 
 DATA = os.urandom(300_000)
@@ -107,13 +109,59 @@ async def test_a_trickle_is_reopened_from_its_last_byte_on_a_fresh_connection(
 
 def test_a_trickle_that_never_ends_fails_the_range_in_one_line(srv: RangeServer, tmp_path: Path) -> None:
     # Every try brings a few bytes; they must not count as progress, else
-    # the retry count starts over each time and this never ends.
+    # the retry count starts over each time and this never ends.  The range
+    # alone would spend its 3 tries; the download gives up at 2, since its only
+    # connection tripped the rule on a fresh connection too.
     url = srv.url(NAME, slow_rate=TRICKLE, skip=1, times=1000)
     proc = rangefetch("get", url, "-o", "out.bin", "-c", "1", "--chunk-size", str(CHUNK), *FLAGS, cwd=tmp_path)
     line = assert_clean_failure(proc, 1, tmp_path / "out.bin")
-    assert "gave up after 3 tries: below 1000 B/s for 1 s (range 0-99999)" in line
+    assert "gave up: every connection stayed below 1000 B/s for 1 s, fresh ones too" in line
     assert "--speed-limit" in line and "0 turns it off" in line
-    assert len(range_gets(srv.requests_for(NAME))) == 3  # max_tries trips of the first range, then no more
+    assert len(range_gets(srv.requests_for(NAME))) == 2  # two trips of the first range, then no more
+
+
+def test_a_server_that_trickles_to_every_connection_is_given_up_after_two_trips_each(
+    srv: RangeServer, tmp_path: Path
+) -> None:
+    # aria2c and curl give up at the first trip.  Each range here could try
+    # 8 times (24 GETs); the download ends once each of its 3 connections
+    # tripped twice without a window's worth arriving anywhere.
+    url = srv.url(NAME, slow_rate=TRICKLE, skip=1, times=1000)
+    env = {"RANGEFETCH_RETRY__MAX_TRIES": "8"}
+    proc = rangefetch("get", url, "-o", "out.bin", "-c", "3", "--chunk-size", str(CHUNK), *FLAGS, cwd=tmp_path, env=env)
+    line = assert_clean_failure(proc, 1, tmp_path / "out.bin")
+    assert "gave up: every connection stayed below 1000 B/s" in line
+    assert len(range_gets(srv.requests_for(NAME))) <= 2 * 3 + 2  # two each (a steal may add one or two), not 24
+
+
+async def test_one_trickling_connection_among_healthy_ones_is_reopened_not_given_up(
+    srv: RangeServer, tmp_path: Path
+) -> None:
+    # Both first GETs trickle: two trips, but two live connections may trip
+    # four times before the download gives up; the fresh ones bring the rest.
+    url = srv.url(NAME, slow_rate=TRICKLE, skip=1, times=2)
+    result = await download(url, tmp_path / "out.bin", settings=settings(connections=2))
+    assert hashlib.sha256((tmp_path / "out.bin").read_bytes()).hexdigest() == SHA == result.sha256
+    assert len(range_gets(srv.requests_for(NAME))) >= 3 + 2  # three ranges, two opened again
+
+
+def test_a_window_of_bytes_forgives_the_trips_so_far() -> None:
+    live = 1
+    slow = AllSlow(LowSpeed(limit=1000, time=1.0), lambda: live, url="http://h/f")
+    trip = TooSlowError("below 1000 B/s for 1 s")
+    slow.failed(trip)
+    slow.arrived(999)
+    slow.arrived(1)  # a window's worth (limit x time) from any connection
+    slow.failed(trip)  # the count started over: one trip, not two
+    slow.failed(ServerBusyError("HTTP 503", status=503))  # other failures are the range's business
+    with pytest.raises(RetriesExhaustedError, match="every connection stayed below"):
+        slow.failed(trip)
+    live = 3
+    slow.arrived(1000)
+    for _ in range(5):
+        slow.failed(trip)  # three live connections: six trips in a row end it
+    with pytest.raises(RetriesExhaustedError):
+        slow.failed(trip)
 
 
 def test_speed_limit_zero_turns_the_rule_off(srv: RangeServer, tmp_path: Path) -> None:
