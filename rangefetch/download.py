@@ -112,7 +112,8 @@ async def download(
         url: an http:// or https:// URL.
         output: the file to write; relative paths are taken from ``directory``.
         directory: where the file goes (default: ``settings.download_dir``).
-        settings: connections, chunk size, timeouts, retry policy.
+        settings: connections, chunk size, timeouts, retry policy (default:
+            ``Settings.defaults()``, which reads no ``RANGEFETCH_*`` variable).
         headers: extra request headers (their values are never logged).
         checksum: an expected digest to verify the result against.
         tracker: counts progress for a display.
@@ -132,7 +133,7 @@ async def download(
             its record stay for a rerun to resume.
         DownloadError: the download failed; nothing is left at the final path.
     """
-    settings = settings or Settings()
+    settings = settings or Settings.defaults()
     url = check_url(url)
     check_chunk_size(settings.chunk_size)
     base = Path(directory) if directory is not None else settings.download_dir

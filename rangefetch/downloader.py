@@ -78,7 +78,8 @@ class Downloader:
         client: an ``httpx.AsyncClient`` of the caller's, used as it is and
             left open; without one, a client is built and closed here.
         loop: accepted for compatibility and ignored.
-        settings: timeouts and retry policy (default ``Settings()``).
+        settings: timeouts and retry policy (default ``Settings.defaults()``,
+            which reads no ``RANGEFETCH_*`` variable).
 
     Raises:
         UsageError: a bad URL, ``max_workers`` or ``block_size``.
@@ -102,7 +103,7 @@ class Downloader:
         self.url = url
         self.max_workers = max_workers
         self.block_size = block_size
-        self.settings = settings or Settings(connections=min(max_workers, 256))
+        self.settings = settings or Settings.defaults(connections=min(max_workers, 256))
         self._own_client = client is None
         self.client = client or make_client(self.settings)
         self._remote: RemoteFile | None = None

@@ -238,6 +238,19 @@ class Settings(BaseSettings):
         None, description="local IP address to connect from (curl's and aria2c's --interface; network.check_interface)"
     )
 
+    @classmethod
+    def defaults(cls, **values: Any) -> Settings:
+        """Settings from ``values`` and the defaults: no ``RANGEFETCH_*`` variable, no ``.env`` file.
+
+        What the library uses when its caller passes no settings
+        (``download()``, ``Downloader``); only the entry points (the CLI, a
+        worker) read ``RANGEFETCH_*`` and ``.env``, with ``Settings()``.  The
+        variables every HTTP client honours (``HTTPS_PROXY``, ``NO_PROXY``,
+        ``SSL_CERT_FILE``, ...) still apply, as they do in httpx.
+        """
+        # No variable name can hold a NUL, so this prefix matches none of them.
+        return cls(_env_prefix="\0", _env_file=None, **values)
+
     @property
     def low_speed(self) -> LowSpeed:
         """``speed_limit`` and ``speed_time`` as one ``LowSpeed`` rule."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from rangefetch import RetryPolicy, Settings, Timeouts, UsageError
+from rangefetch import Downloader, RetryPolicy, Settings, Timeouts, UsageError
 from rangefetch.settings import DEFAULT_RETRY, DEFAULT_TIMEOUTS
 
 MiB = 1024 * 1024
@@ -133,3 +133,18 @@ def test_settings_and_groups_are_frozen() -> None:
 def test_groups_have_a_readable_repr() -> None:
     assert repr(Timeouts()) == "Timeouts(connect=15.0, stall=30.0, write=30.0)"
     assert "max_tries=8" in repr(RetryPolicy())
+
+
+async def test_the_library_reads_no_rangefetch_variables_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the entry points read RANGEFETCH_* (Settings()); download() and
+    # Downloader default to Settings.defaults(), which keeps the proxy and CA
+    # variables every HTTP client honours.
+    monkeypatch.setenv("RANGEFETCH_CONNECTIONS", "3")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert Settings().connections == 3
+    built = Settings.defaults()
+    assert (built.connections, built.https_proxy, type(built)) == (16, "http://127.0.0.1:9", Settings)
+    assert Settings.defaults(connections=5).connections == 5
+    monkeypatch.setenv("RANGEFETCH_RETRY__MAX_TRIES", "2")
+    async with Downloader("http://127.0.0.1:9/f", max_workers=4) as downloader:
+        assert (downloader.settings.connections, downloader.settings.retry.max_tries) == (4, DEFAULT_RETRY.max_tries)
