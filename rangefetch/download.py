@@ -1,7 +1,7 @@
 """Embedded mode: one process fetches every range of one file.
 
-``download()`` probes, plans, runs ``connections`` fetchers in one task group
-(each pulls the next range off a shared list, so fast connections take more
+``download()`` probes, plans, runs ``connections`` fetchers (``pool.Pool``,
+the same as ``Downloader``'s: each pulls the next range off a shared list, so fast connections take more
 ranges, and once the list is empty an idle one splits the slowest range in
 flight: ``segments.Scheduler``), checkpoints a resume record every few
 seconds (whole ranges and the fetched part of each running one), then
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import logging
 import os
 import time
@@ -40,23 +39,18 @@ from .errors import (
     NoSpaceError,
     OutputExistsError,
     TimeLimitError,
-    TransientError,
     VerificationError,
     collapse,
 )
-from .fetch import fetch_range, fetch_stream
-from .lowspeed import AllSlow
 from .names import filename_from_disposition, filename_from_url, resolve_output
 from .plan import MAX_RANGES, Range, check_chunk_size, choose_chunk_size, merge_ranges, missing_ranges
+from .pool import Pool, RetryNote, slot
 from .probe import RemoteFile, probe
 from .progress import Tracker
-from .ratelimit import throttle_for
 from .record import ResumeRecord
 from .retry import Backoff
-from .segments import RECHECK, Scheduler, Segment
 from .settings import Settings
 from .sink import FileWriter, PartFile, existing_output
-from .transport import read_size_for
 from .verify import Checksum, PrefixHasher, hash_fd, verify_size
 
 __all__ = ["DownloadResult", "download", "download_sync", "output_candidates"]
@@ -149,8 +143,8 @@ async def download(
         # max_time bounds it all, probe included; the transfer's own cleanup
         # (the last checkpoint of the resume record) runs as it is cancelled.
         async with asyncio.timeout(settings.max_time) as deadline:
-            note = _RetryNote(tracker)
-            async with _slot(budget):
+            note = RetryNote(tracker)
+            async with slot(budget):
                 remote = await probe(http, url, headers=headers, backoff=Backoff(settings.retry, on_retry=note))
             if dest is None:
                 dest = resolve_output(base, None, candidates=output_candidates(remote), confine=True)
@@ -158,8 +152,9 @@ async def download(
                 log.warning("%s: no ranges: one connection", dest.name)
             if not allow_overwrite and (done := await _already_there(dest, remote, checksum)) is not None:
                 return done
-            transfer = _Transfer(http, remote, dest, settings, dict(headers or {}), tracker)
-            transfer.budget, transfer.replace = budget, allow_overwrite
+            pool = Pool(http, remote, settings, headers=headers, tracker=tracker, budget=budget)
+            transfer = _Transfer(pool, dest)
+            transfer.replace = allow_overwrite
             return await transfer.run(checksum)
     except OSError as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():
@@ -171,11 +166,6 @@ async def download(
     finally:
         if own_client:
             await http.aclose()
-
-
-def _slot(budget: asyncio.Semaphore | None) -> contextlib.AbstractAsyncContextManager[object]:
-    """One of ``budget``'s connection slots, held for the block; nothing to wait for without a budget."""
-    return budget if budget is not None else contextlib.nullcontext()
 
 
 async def _already_there(dest: Path, remote: RemoteFile, checksum: Checksum | None) -> DownloadResult | None:
@@ -213,23 +203,6 @@ async def _hash_file(path: Path, algorithms: set[str]) -> dict[str, str]:
         os.close(fd)
 
 
-class _RetryNote:
-    """``Backoff``'s ``on_retry`` hook for embedded mode: the wait goes on the tracker for the display.
-
-    With ``slow`` (a transfer's), a low-speed trip also counts toward giving
-    up on a server that trickles to every connection.
-    """
-
-    def __init__(self, tracker: Tracker, slow: AllSlow | None = None) -> None:
-        self.tracker = tracker
-        self.slow = slow
-
-    async def __call__(self, delay: float, exc: TransientError) -> None:
-        if self.slow is not None:
-            self.slow.failed(exc)
-        self.tracker.retrying(delay, exc.reason)
-
-
 def _out_of_time(seconds: float | None, transfer: _Transfer | None) -> str:
     """What to say when ``max_time`` ran out: how far it got, and what was kept for a rerun."""
     said = f"gave up after {seconds:g} s (--max-time)"
@@ -249,28 +222,13 @@ def download_sync(url: str, output: str | os.PathLike[str] | None = None, **kwar
 class _Transfer:
     """One download's moving parts: the part file, its writer, the ranges left."""
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        remote: RemoteFile,
-        dest: Path,
-        settings: Settings,
-        headers: dict[str, str],
-        tracker: Tracker,
-    ) -> None:
-        self.client = client
-        self.remote = remote
+    def __init__(self, pool: Pool, dest: Path) -> None:
+        self.pool = pool
+        self.remote = pool.remote
         self.part = PartFile(dest)
-        self.settings = settings
-        self.headers = headers
-        self.tracker = tracker
-        # --limit-rate, shared by the connections; each pays for about one read ahead.
-        self.throttle = throttle_for(settings.limit_rate, ahead=read_size_for(settings.read_size, settings.connections))
-        self.budget: asyncio.Semaphore | None = None  # connection slots shared with other downloads
+        self.settings = pool.settings
+        self.tracker = pool.tracker
         self.replace = False  # replace a file at the final path
-        self.connections = 0  # the most fetches running at once
-        self.running = 0  # fetches running now
-        self.slow = AllSlow(settings.low_speed, lambda: self.running, url=remote.url)
 
     async def run(self, checksum: Checksum | None) -> DownloadResult:
         began = time.monotonic()
@@ -295,18 +253,7 @@ class _Transfer:
                         log.info("%s is complete from an earlier run: verifying it", self.part.part)
                 elif remote.size != 0:
                     self.tracker.start(remote.size)
-                    self.connections = 1
-                    async with _slot(self.budget):
-                        size = await fetch_stream(
-                            self.client,
-                            remote,
-                            writer,
-                            headers=self.headers,
-                            backoff=Backoff(self.settings.retry, on_retry=_RetryNote(self.tracker, self.slow)),
-                            on_progress=self._advance,
-                            low_speed=self.settings.low_speed,
-                            throttle=self.throttle,
-                        )
+                    size = await self.pool.stream(writer)
                     await writer.flush()
                     await asyncio.to_thread(os.ftruncate, fd, size)
                 else:
@@ -340,7 +287,7 @@ class _Transfer:
             os.close(fd)
         elapsed = time.monotonic() - began
         return DownloadResult(
-            self.part.final, size, digests["sha256"], self.tracker.resumed, elapsed, remote, self.connections
+            self.part.final, size, digests["sha256"], self.tracker.resumed, elapsed, remote, self.pool.connections
         )
 
     async def _keep_whole(self, record: ResumeRecord | None, size: int, then: str) -> str | None:
@@ -398,14 +345,8 @@ class _Transfer:
             )  # fmt: skip
         return ResumeRecord.for_remote(remote, chunk), False
 
-    def _advance(self, n: int) -> None:
-        self.tracker.advance(n)
-        self.slow.arrived(n)
-
     async def _fetch_ranges(self, todo: list[Range], writer: FileWriter, record: ResumeRecord) -> None:
-        throttle = self.throttle
-        scheduler = Scheduler(todo, held_back=throttle.held_back if throttle is not None else None)
-        settings = self.settings
+        scheduler = self.pool.plan(todo)
         on_disk = merge_ranges(record.ranges())
 
         async def checkpoint() -> None:
@@ -424,67 +365,15 @@ class _Transfer:
                 where = exc.filename or self.part.record
                 raise error(f"cannot save the resume record {where}: {exc.strerror or exc}") from exc
 
-        def advance(seg: Segment, n: int) -> None:
-            scheduler.progress(seg, n)
-            self._advance(n)
-
-        budget = self.budget
-
-        async def claim() -> Segment | None:
-            """The next segment, with a slot of the budget taken first (a segment
-            waiting for a slot would look stalled to the scheduler and be split)."""
-            if budget is None:
-                return await scheduler.next()
-            while True:
-                await budget.acquire()
-                if (seg := scheduler.take()) is not None:
-                    return seg
-                budget.release()
-                if not scheduler.active:
-                    return None
-                await asyncio.sleep(RECHECK)  # a range in flight may become worth splitting
-
-        async def fetcher() -> None:
-            while (seg := await claim()) is not None:
-                self.running += 1
-                self.connections = max(self.connections, self.running)
-                try:
-                    async with asyncio.timeout(None) as scope:
-                        seg.scope = scope
-                        await fetch_range(
-                            self.client,
-                            self.remote,
-                            seg.range(),
-                            writer,
-                            headers=self.headers,
-                            backoff=Backoff(settings.retry, on_retry=_RetryNote(self.tracker, self.slow)),
-                            on_progress=functools.partial(advance, seg),
-                            segment=seg,
-                            low_speed=settings.low_speed,
-                            throttle=self.throttle,
-                        )
-                except TimeoutError:
-                    if not scope.expired():
-                        raise
-                    # Stopped by a steal that took everything it had left.
-                finally:
-                    seg.scope = None
-                    self.running -= 1
-                    if budget is not None:
-                        budget.release()
-                scheduler.finish(seg)
-
         async def checkpoints() -> None:
             while True:
-                await asyncio.sleep(settings.checkpoint_interval)
+                await asyncio.sleep(self.settings.checkpoint_interval)
                 await checkpoint()
 
         try:
             async with asyncio.TaskGroup() as tg:
                 ticker = tg.create_task(checkpoints())
-                async with asyncio.TaskGroup() as fetchers:
-                    for _ in range(min(settings.connections, len(todo))):
-                        fetchers.create_task(fetcher())
+                await self.pool.ranges(lambda _: writer)
                 ticker.cancel()
         except BaseExceptionGroup as group:
             raise collapse(group) from group

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections import deque
 from collections.abc import AsyncGenerator
 from types import TracebackType
 
@@ -26,8 +25,9 @@ import httpx
 
 from .client import check_url, make_client
 from .errors import UnknownSizeError, collapse
-from .fetch import fetch_range, fetch_stream
-from .plan import Range, choose_chunk_size, plan_ranges
+from .fetch import Writer
+from .plan import choose_chunk_size, plan_ranges
+from .pool import Pool
 from .probe import RemoteFile, probe
 from .retry import Backoff
 from .settings import Settings
@@ -168,30 +168,21 @@ class Downloader:
     async def _fetch_all(self, remote: RemoteFile, queue: asyncio.Queue[Chunk | BaseException | None]) -> None:
         if remote.size == 0:
             return
+        # The same fetchers as download(): a range left to a slow connection
+        # is split for an idle one, and its pieces still come each once.
+        pool = Pool(self.client, remote, self.settings)
         if not remote.ranges or remote.size is None:
             blocks = _Blocks(queue, self.block_size)
-            await fetch_stream(
-                self.client, remote, blocks, backoff=Backoff(self.settings.retry), low_speed=self.settings.low_speed
-            )
+            await pool.stream(blocks)
             await blocks.close()
             return
         chunk = choose_chunk_size(remote.size, self.max_workers)
         chunk = -(-chunk // self.block_size) * self.block_size  # whole blocks per range
-        pending = deque(plan_ranges(remote.size, chunk))
+        pool.plan(plan_ranges(remote.size, chunk))
+        await pool.ranges(lambda _: _Blocks(queue, self.block_size), _close)
 
-        async def worker() -> None:
-            while pending:
-                await self._fetch_one(remote, pending.popleft(), queue)
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(self.max_workers, len(pending))):
-                tg.create_task(worker())
-
-    async def _fetch_one(
-        self, remote: RemoteFile, rng: Range, queue: asyncio.Queue[Chunk | BaseException | None]
-    ) -> None:
-        blocks = _Blocks(queue, self.block_size)
-        await fetch_range(
-            self.client, remote, rng, blocks, backoff=Backoff(self.settings.retry), low_speed=self.settings.low_speed
-        )
-        await blocks.close()
+async def _close(blocks: Writer) -> None:
+    """Hand over a segment's last, shorter piece."""
+    assert isinstance(blocks, _Blocks)
+    await blocks.close()

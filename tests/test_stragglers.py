@@ -22,7 +22,7 @@ import pytest
 from byteranges import merged, overlap, total
 from rangeserver import RangeServer, RequestRecord
 
-from rangefetch import Settings, download
+from rangefetch import Downloader, Settings, download
 from rangefetch.plan import MiB, Range
 from rangefetch.segments import MIN_STEAL_SECONDS, Scheduler, Segment
 from rangefetch.settings import RetryPolicy
@@ -83,6 +83,25 @@ async def test_a_slow_connection_gives_its_range_to_the_fast_ones(srv: RangeServ
     assert total(fast) == sum(end - start + 1 for start, end in fast)
     taken = [(span(r)[0], span(r)[0] + r.sent - 1) for r in slow if r.sent]
     assert merged([*fast, *taken]) == [(0, len(DATA) - 1)]
+
+
+async def test_the_seed_api_splits_a_slow_range_too_and_yields_each_byte_once(srv: RangeServer) -> None:
+    # Downloader runs the same fetchers as download() (rangefetch.pool): the
+    # slow connection's range is split, and the pieces still tile the file.
+    url = srv.url(NAME, straggle=100_000)
+    pieces: list[tuple[int, int]] = []
+    data = bytearray(len(DATA))
+    settings = Settings(connections=8, retry=FAST_RETRY)
+    async with asyncio.timeout(HANG_GUARD), Downloader(url, max_workers=8, settings=settings) as downloader:
+        async for start, end, content in downloader.start():
+            assert end == start + len(content)
+            pieces.append((start, end - 1))
+            data[start:end] = content
+    assert hashlib.sha256(data).hexdigest() == SHA
+    assert total(pieces) == len(DATA) and merged(pieces) == [(0, len(DATA) - 1)]  # each byte once
+    slow = [r for r in gets(srv.requests) if r.straggler]
+    assert slow and sum(r.sent for r in slow) < MiB // 2  # the straggler's range went to others
+    assert any(span(r)[0] % MiB for r in gets(srv.requests) if not r.straggler)
 
 
 async def test_a_stalled_range_is_taken_over_without_waiting_for_the_timeout(srv: RangeServer, tmp_path: Path) -> None:
