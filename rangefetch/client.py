@@ -135,7 +135,7 @@ def make_client(
         max_keepalive_connections=settings.connections + 2,
     )
     context = ssl_context(trust or Trust.from_settings(settings))
-    read_size = read_size_for(settings.read_size, settings.connections)
+    read_size = read_size_for(settings.read_size, settings.connections, settings.limit_rate)
     local = check_interface(settings.interface) if settings.interface else None
 
     def transport_for(proxy: str | None) -> httpx.AsyncBaseTransport:

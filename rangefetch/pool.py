@@ -79,7 +79,8 @@ class Pool:
         self.tracker = tracker or Tracker()
         self.budget = budget  # connection slots shared with other downloads
         # --limit-rate, shared by the connections; each pays for about one read ahead.
-        self.throttle = throttle_for(settings.limit_rate, ahead=read_size_for(settings.read_size, settings.connections))
+        ahead = read_size_for(settings.read_size, settings.connections, settings.limit_rate)
+        self.throttle = throttle_for(settings.limit_rate, ahead=ahead)
         self.connections = 0  # the most fetches running at once
         self.running = 0  # fetches running now
         self.slow = AllSlow(settings.low_speed, lambda: self.running, url=remote.url)

@@ -77,6 +77,12 @@ log = logging.getLogger(__name__)
 # one httpx's iterators still refer to while the next arrives).
 READ_MEMORY = 8 * 1024 * 1024
 MIN_READ = 64 * 1024
+# Under a rate limit each read is paid for before it is made: the reads of
+# all connections together hold at most LIMITED_AHEAD seconds of the rate
+# (not below MIN_LIMITED_READ each), so 16 fresh connections at 1 MiB/s do
+# not hold 4 MiB of reads (4 s of the rate) and then catch up in a burst.
+LIMITED_AHEAD = 0.25
+MIN_LIMITED_READ = 16 * 1024
 
 # A body read smaller than COALESCE_BELOW waits COALESCE_DELAY seconds before
 # the next one: on the capped bench (8 MiB/s per connection) that halves the
@@ -120,13 +126,19 @@ def _map_errors() -> Iterator[None]:
         raise
 
 
-def read_size_for(read_size: int, connections: int) -> int:
+def read_size_for(read_size: int, connections: int, rate: int = 0) -> int:
     """The read size to use: ``read_size``, lowered so ``connections`` stay within ``READ_MEMORY``.
 
     At 16 connections that is 256 KiB, which keeps a 16-connection download
-    under 64 MiB of peak RSS; 1 MiB reads would add about 24 MiB.
+    under 64 MiB of peak RSS; 1 MiB reads would add about 24 MiB.  Under a
+    rate limit of ``rate`` bytes/s, lowered again to ``LIMITED_AHEAD`` seconds
+    of the rate over all connections (1 MiB/s, 16 connections: 16 KiB).
     """
-    return max(MIN_READ, min(read_size, READ_MEMORY // (2 * max(connections, 1))))
+    connections = max(connections, 1)
+    size = max(MIN_READ, min(read_size, READ_MEMORY // (2 * connections)))
+    if rate > 0:
+        size = min(size, max(MIN_LIMITED_READ, int(rate * LIMITED_AHEAD) // connections))
+    return size
 
 
 # --- the body fast path (private reach, probed at import) --------------------

@@ -212,6 +212,10 @@ def test_read_size_for() -> None:
     assert fast.read_size_for(mib, 2) == mib
     assert fast.read_size_for(mib, 256) == fast.MIN_READ
     assert fast.read_size_for(100_000, 4) == 100_000
+    # Under a rate limit: a quarter second of the rate over all connections.
+    assert fast.read_size_for(mib, 16, rate=mib) == 16 * 1024
+    assert fast.read_size_for(mib, 16, rate=64 * mib) == 256 * 1024  # the memory bound is lower
+    assert fast.read_size_for(mib, 16, rate=1024) == fast.MIN_LIMITED_READ
 
 
 # --- whole downloads, fast path on and off -------------------------------------------
