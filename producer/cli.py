@@ -35,12 +35,13 @@ from rangefetch.cli import (
 from rangefetch.connections import open_redis
 from rangefetch.display import show_progress
 from rangefetch.errors import RangefetchError, UsageError
+from rangefetch.state import DownloadState
 from rangefetch.store import Store
 
+from .enqueue import Enqueued, resolve_target
 from .enqueue import enqueue as enqueue_download
-from .enqueue import resolve_target
 from .monitor import cancel as cancel_download
-from .monitor import follow, format_status, format_workers, outcome, statuses, worker_record
+from .monitor import follow, format_status, format_workers, outcome, statuses, tracking, worker_record
 from .watch import watch
 
 __all__ = ["cancel", "distributed_get", "enqueue", "status", "wait", "workers"]
@@ -137,6 +138,8 @@ def enqueue(
                     click.echo(f"rangefetch: error: {entry.label}: {exc}", err=True)
                     failed += 1
                     continue
+                if _complete(result):
+                    click.echo(f"rangefetch: {result.path} is already complete (download {result.id})", err=True)
                 click.echo(result.id)
         if failed:
             click.echo(f"rangefetch: error: {failed} of {len(files)} files were not queued", err=True)
@@ -200,6 +203,8 @@ def status(download_ids: tuple[str, ...], live: bool, as_json: bool, redis_url: 
 def wait(download_id: str, max_time: float | None, redis_url: str | None, verbose: int) -> None:
     """Block until a download ends: exit 0 when complete, 1 when failed or cancelled.
 
+    On a terminal it shows the download's progress bar meanwhile.
+
     With --max-time it stops waiting after that many seconds (exit 1); the
     download continues on the workers.
     """
@@ -208,7 +213,9 @@ def wait(download_id: str, max_time: float | None, redis_url: str | None, verbos
     async def main() -> None:
         settings = build_settings(redis_url=redis_url, max_time=max_time)
         async with _max_time(settings.max_time, lambda: download_id), _connect(settings, patient=True) as redis:
-            record = await follow(Store(redis), download_id)
+            tracker = Tracker()
+            async with show_progress(tracker, download_id, quiet=not sys.stderr.isatty()):  # a bar on a terminal
+                record = await follow(Store(redis), download_id, on_status=tracking(tracker))
         outcome(record)
         path = settings.download_dir.resolve() / record["path"]
         click.echo(f"{record['sha256'] or await _sha256(path)}  {path}")
@@ -279,22 +286,12 @@ async def distributed_get(
                 headers=headers, checksum=checksum,
             )  # fmt: skip
             queued.append(result.id)
+            complete = _complete(result)
             if not quiet:
-                click.echo(f"rangefetch: download {result.id} queued ({result.added} jobs)", err=True)
+                click.echo(f"rangefetch: {_enqueued(result)}", err=True)
             tracker = Tracker()
-            noted: list[float] = []
-
-            def update(record: dict[str, Any]) -> None:
-                if tracker.total is None:
-                    tracker.start(record["totalLength"], record["completedLength"])
-                tracker.advance(record["completedLength"] - tracker.done)
-                at = record.get("retryAt")
-                if at is not None and at not in noted:  # a new wait: the display shows it until bytes flow
-                    noted[:] = [at]
-                    tracker.retrying(record["retryIn"], record["retryReason"])
-
-            async with show_progress(tracker, "rangefetch", quiet=quiet):
-                record = await follow(Store(redis), result.id, on_status=update)
+            async with show_progress(tracker, "rangefetch", quiet=quiet or complete):
+                record = await follow(Store(redis), result.id, on_status=tracking(tracker))
     try:
         outcome(record)
     except RangefetchError as exc:
@@ -303,6 +300,20 @@ async def distributed_get(
     digest = record["sha256"] or await _sha256(result.path)
     click.echo(f"{digest}  {result.path}")
     return 0
+
+
+def _complete(result: Enqueued) -> bool:
+    """Whether ``result`` is a download that was already complete: nothing was queued."""
+    return result.state is DownloadState.COMPLETE and result.added == 0
+
+
+def _enqueued(result: Enqueued) -> str:
+    """What ``get --redis`` says it did: queued jobs, joined a download under way, or found it complete."""
+    if _complete(result):
+        return f"{result.path} is already complete (download {result.id})"
+    if result.added == 0:
+        return f"download {result.id} is {result.state.value} already: following it"
+    return f"download {result.id} queued ({result.added} jobs)"
 
 
 @contextlib.asynccontextmanager

@@ -11,21 +11,23 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
 from rangefetch import CancelledDownloadError, DownloadError, Settings, UsageError, plan_ranges, redact_url
-from rangefetch.display import format_bytes
+from rangefetch.display import format_bytes, format_duration
 from rangefetch.keys import finalize_job_id, range_job_id, state_channel
-from rangefetch.progress import RetryNote
+from rangefetch.progress import RetryNote, Tracker
 from rangefetch.queue import remove_jobs
 from rangefetch.state import DownloadState
 from rangefetch.store import Store, WorkerInfo
 
 __all__ = [
     "cancel",
+    "file_name",
     "follow",
     "format_status",
     "format_workers",
@@ -33,6 +35,7 @@ __all__ = [
     "retry_note",
     "status",
     "statuses",
+    "tracking",
     "worker_record",
 ]
 
@@ -84,6 +87,7 @@ def format_status(record: dict[str, Any]) -> str:
     total, done = record["totalLength"], record["completedLength"]
     head = [
         record["gid"],
+        file_name(record),
         f"{record['state']:<9}",
         f"{record['percent']:5.1f}%",
         f"{format_bytes(done)} / {format_bytes(total)}",
@@ -91,7 +95,7 @@ def format_status(record: dict[str, Any]) -> str:
     if record["downloadSpeed"]:
         head.append(f"{format_bytes(record['downloadSpeed'])}/s")
     if record["eta"] is not None:
-        head.append(f"ETA {_duration(record['eta'])}")
+        head.append(f"ETA {format_duration(record['eta'])}")
     retry = retry_note(record)
     if retry is not None:
         head.append(str(retry))
@@ -111,6 +115,34 @@ def format_status(record: dict[str, Any]) -> str:
     if record["sha256"]:
         lines.append(f"  sha256:  {record['sha256']}")
     return "\n".join(lines)
+
+
+def file_name(record: dict[str, Any]) -> str:
+    """The name of a download's file (its path's last part), for the screen."""
+    return PurePosixPath(record["path"]).name or record["path"]
+
+
+def tracking(tracker: Tracker) -> Callable[[dict[str, Any]], None]:
+    """A ``follow`` ``on_status`` hook that mirrors the status records on ``tracker``, for ``show_progress``.
+
+    It carries the file's name, bytes, connections open (ranges in
+    flight), and each new retry wait of the workers ("retrying in 4 s (HTTP
+    503)", ``Store.note_retry``), which the display shows until bytes flow.
+    """
+    noted: list[float] = []
+
+    def update(record: dict[str, Any]) -> None:
+        tracker.name = file_name(record)
+        if tracker.total is None:
+            tracker.start(record["totalLength"], record["completedLength"])
+        tracker.advance(record["completedLength"] - tracker.done)
+        tracker.connections = record["connections"]
+        at = record.get("retryAt")
+        if at is not None and at not in noted:  # a new wait: the display shows it until bytes flow
+            noted[:] = [at]
+            tracker.retrying(record["retryIn"], record["retryReason"])
+
+    return update
 
 
 def retry_note(record: dict[str, Any]) -> RetryNote | None:
@@ -209,12 +241,3 @@ async def cancel(store: Store, redis: Redis, settings: Settings, download_id: st
     ranges = plan_ranges(int(data["size"]), int(data["chunk_size"]))
     ids = [range_job_id(download_id, r.start, r.end) for r in ranges] + [finalize_job_id(download_id)]
     return await remove_jobs(redis, settings.queue_name, ids)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

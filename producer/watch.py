@@ -1,6 +1,8 @@
 """Live progress of distributed downloads: ``rangefetch status --watch``.
 
-On a terminal, one rich progress bar per download; elsewhere (logs, pipes),
+On a terminal, one rich progress bar per download (its file name, id and
+state, then the columns of ``rangefetch get``'s bar: percent, bytes, speed,
+ETA, connections, and the ranges); elsewhere (logs, pipes),
 a status line per download every few seconds; with ``--json``, one JSON
 record per download and poll (JSON lines).  Watching ends when every watched
 download is finished.
@@ -14,21 +16,13 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import Progress, TaskID
 
+from rangefetch.display import bar_columns
 from rangefetch.state import DownloadState
 from rangefetch.store import Store
 
-from .monitor import POLL_INTERVAL, format_status, retry_note, statuses
+from .monitor import POLL_INTERVAL, file_name, format_status, retry_note, statuses
 
 __all__ = ["watch"]
 
@@ -81,30 +75,25 @@ async def _lines(store: Store, ids: Sequence[str], stream: TextIO, interval: flo
 
 
 async def _bars(store: Store, ids: Sequence[str], stream: TextIO, interval: float) -> list[dict[str, Any]]:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[ranges]}"),
-    )
     tasks: dict[str, TaskID] = {}
-    with Progress(*columns, console=Console(file=stream), transient=False) as bar:
+    # The label is the file's name (up to 32), its id (16) and its state (9).
+    with Progress(*bar_columns(name_width=60), console=Console(file=stream), transient=False) as bar:
         while True:
             records = await statuses(store, ids)
             for r in records:
-                label = f"{r['gid']} {r['state']:<9}"
-                ranges = f"{r['rangesDone']}/{r['numPieces']} ranges, {r['rangesInFlight']} in flight"
+                label = f"{file_name(r)}  {r['gid']} {r['state']:<9}"
+                ranges = f"{r['rangesDone']}/{r['numPieces']} ranges"
                 if r["rangesFailed"]:
                     ranges += f", {r['rangesFailed']} failed"
                 retry = retry_note(r)
-                if retry is not None:
-                    ranges += f", {retry}"
+                ended = DownloadState(r["state"]).finished  # no speed, ETA nor connections to show
                 if r["gid"] not in tasks:
-                    tasks[r["gid"]] = bar.add_task(label, total=r["totalLength"], ranges=ranges, start=True)
-                bar.update(tasks[r["gid"]], description=label, completed=r["completedLength"], ranges=ranges)
+                    tasks[r["gid"]] = bar.add_task(label, total=r["totalLength"])
+                bar.update(
+                    tasks[r["gid"]], description=label, completed=r["completedLength"],
+                    retry=str(retry) if retry else "", speed=None if ended else r["downloadSpeed"], eta=r["eta"],
+                    conn=None if ended else r["connections"], extra=ranges,
+                )  # fmt: skip
             if _all_finished(records):
                 return records
             await asyncio.sleep(interval)

@@ -1,5 +1,10 @@
 """Showing progress on a terminal (a rich bar) or in logs (plain lines).
 
+A bar reads: name, bar, percent, bytes, speed, ETA, connections open, and
+retries so far (when any), in binary units (``bar_columns``)::
+
+    data.bin ━━━━━━━━━━━━╺━━━━━━━━━━━━━━━━━━━━━━━━━━━ 33% 64.0/192.0 MiB 12.5 MiB/s ETA 10s 4 conn, 2 retries
+
 While the tracker holds a retry note and no byte has arrived since, both
 show it where the speed would be: "retrying in 4 s (HTTP 503)".  Plain
 lines come every ``PLAIN_INTERVAL`` seconds, and at once for a new note.
@@ -13,17 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .progress import Tracker
 
 if TYPE_CHECKING:
     from rich.progress import ProgressColumn
 
-__all__ = ["Board", "format_bytes", "show_board", "show_progress"]
+__all__ = ["Board", "bar_columns", "bar_fields", "format_bytes", "format_duration", "show_board", "show_progress"]
 
 PLAIN_INTERVAL = 5.0
 
@@ -72,52 +78,114 @@ async def show_progress(
         await asyncio.gather(runner, return_exceptions=True)
 
 
-def _columns() -> tuple[ProgressColumn, ...]:
-    """The bar's columns: label, bar, bytes, the speed (or the retry under way), ETA."""
+def bar_columns(*, name_width: int = 32) -> tuple[ProgressColumn, ...]:
+    """The bar's columns: name, bar, percent, bytes, speed (or the retry under way), ETA, connections, retries.
+
+    Bytes and speed are in binary units, as the plain lines: ``64.0/286.1
+    MiB  33.4 MiB/s``.  A task's fields give what rich cannot know:
+    ``retry`` (the note, or ""), ``speed`` (``None``: the download ended
+    short of its end, and neither speed nor ETA is shown), ``eta`` (or ``None``),
+    ``conn`` (connections open, or ``None`` to leave it out), ``retries``,
+    and ``extra`` (text at the end of the row, or "").  A longer name than
+    ``name_width`` is cut short with an ellipsis.
+    """
     # rich only for a terminal: importing it costs ~45 ms of CPU per run.
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Task,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, ProgressColumn, Task, TaskProgressColumn, TextColumn
+    from rich.table import Column
     from rich.text import Text
 
-    speed = TransferSpeedColumn()
-
-    class SpeedOrRetry(TextColumn):
+    class Speed(ProgressColumn):
         """The speed, or the retry under way while no byte arrives."""
 
         def render(self, task: Task) -> Text:
-            return super().render(task) if task.fields.get("retry") else speed.render(task)
+            retry = task.fields.get("retry")
+            if retry:
+                return Text(retry, style="yellow")
+            speed = task.fields.get("speed", 0)
+            if speed is None:  # not moving, nor meant to (a download that ended)
+                return Text("")
+            return Text(f"{format_bytes(speed)}/s" if speed else "- MiB/s", style="progress.data.speed")
+
+    class Eta(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            eta = task.fields.get("eta")
+            if task.finished:
+                return Text("done", style="progress.remaining")
+            if eta is None and task.fields.get("speed", 0) is None:
+                return Text("")
+            left = format_duration(math.ceil(eta)) if eta is not None else "-"  # 0.4 s left is "1s", not "0s"
+            return Text(f"ETA {left}", style="progress.remaining")
+
+    class Links(ProgressColumn):
+        """Connections open now (until done), retries so far (when any), and the row's extra text."""
+
+        def render(self, task: Task) -> Text:
+            conn, retries, extra = task.fields.get("conn"), task.fields.get("retries", 0), task.fields.get("extra")
+            words = [] if conn is None or task.finished else [f"{conn} conn"]
+            if retries:
+                words.append(f"{retries} {'retry' if retries == 1 else 'retries'}")
+            if extra:
+                words.append(extra)
+            return Text(", ".join(words))
+
+    # Every column but the bar keeps its text on one line; the bar takes
+    # what room is left (10 to 40 cells), so a narrow terminal shrinks it first.
+    def fixed() -> Column:
+        return Column(no_wrap=True)
 
     return (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        SpeedOrRetry("{task.fields[retry]}", style="yellow", markup=False),
-        TimeRemainingColumn(),
+        TextColumn(
+            "{task.description}",
+            markup=False,
+            table_column=Column(no_wrap=True, overflow="ellipsis", max_width=name_width),
+        ),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=10, max_width=40)),
+        TaskProgressColumn(table_column=fixed()),
+        DownloadColumn(binary_units=True, table_column=fixed()),
+        Speed(table_column=fixed()),
+        Eta(table_column=fixed()),
+        Links(table_column=fixed()),
     )
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as ``45s``, ``3m05s`` or ``2h01m``."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def bar_fields(tracker: Tracker, label: str) -> dict[str, Any]:
+    """What a bar of ``tracker`` shows now (``Progress.update`` arguments; see ``bar_columns``)."""
+    retry = tracker.retry()
+    speed = tracker.speed()
+    return {
+        "description": tracker.name or label,
+        "total": tracker.total,
+        "completed": tracker.done,
+        "retry": str(retry) if retry else "",
+        "speed": speed,
+        "eta": tracker.eta(speed),
+        "conn": tracker.connections,
+        "retries": tracker.retries,
+    }
 
 
 async def _bar(tracker: Tracker, label: str, stream: TextIO) -> None:
     from rich.console import Console
     from rich.progress import Progress
 
-    def update() -> None:
-        retry = tracker.retry()
-        bar.update(task, total=tracker.total, completed=tracker.done, retry=str(retry) if retry else "")
-
-    with Progress(*_columns(), console=Console(file=stream), transient=False) as bar:
-        task = bar.add_task(label, total=None, retry="")
+    with Progress(*bar_columns(), console=Console(file=stream), transient=False) as bar:
+        task = bar.add_task(label, total=None)
         try:
             while True:
-                update()
+                bar.update(task, **bar_fields(tracker, label))
                 await asyncio.sleep(0.2)
         finally:
-            update()
+            bar.update(task, **bar_fields(tracker, label))
 
 
 async def _lines(tracker: Tracker, label: str, stream: TextIO) -> None:
@@ -183,11 +251,10 @@ async def _board_bars(board: Board, stream: TextIO) -> None:
             bar.remove_task(tasks.pop(key))
         for key, (label, tracker) in list(board.rows.items()):
             if key not in tasks:
-                tasks[key] = bar.add_task(label, total=None, retry="")
-            retry = tracker.retry()
-            bar.update(tasks[key], total=tracker.total, completed=tracker.done, retry=str(retry) if retry else "")
+                tasks[key] = bar.add_task(label, total=None)
+            bar.update(tasks[key], **bar_fields(tracker, label))
 
-    with Progress(*_columns(), console=Console(file=stream), transient=False) as bar:
+    with Progress(*bar_columns(), console=Console(file=stream), transient=False) as bar:
         board._print = lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
         try:
             while True:

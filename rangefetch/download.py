@@ -148,6 +148,7 @@ async def download(
                 remote = await probe(http, url, headers=headers, backoff=Backoff(settings.retry, on_retry=note))
             if dest is None:
                 dest = resolve_output(base, None, candidates=output_candidates(remote), confine=True)
+            tracker.name = dest.name  # for the display
             if remote.size != 0 and not remote.ranges and settings.connections > 1:
                 log.warning("%s: no ranges: one connection", dest.name)
             if not allow_overwrite and (done := await _already_there(dest, remote, checksum)) is not None:

@@ -97,18 +97,21 @@ class Pool:
 
     async def stream(self, writer: Writer) -> int:
         """Fetch the whole file with one plain GET into ``writer``; return its size."""
-        self.connections = 1
-        async with slot(self.budget):
-            return await fetch_stream(
-                self.client,
-                self.remote,
-                writer,
-                headers=self.headers,
-                backoff=self.backoff(),
-                on_progress=self.advance,
-                low_speed=self.settings.low_speed,
-                throttle=self.throttle,
-            )
+        self.connections = self.tracker.connections = 1
+        try:
+            async with slot(self.budget):
+                return await fetch_stream(
+                    self.client,
+                    self.remote,
+                    writer,
+                    headers=self.headers,
+                    backoff=self.backoff(),
+                    on_progress=self.advance,
+                    low_speed=self.settings.low_speed,
+                    throttle=self.throttle,
+                )
+        finally:
+            self.tracker.connections = 0
 
     def plan(self, todo: list[Range]) -> Scheduler:
         """The scheduler for ``todo`` (read it for what is written, e.g. for a checkpoint)."""
@@ -156,6 +159,7 @@ class Pool:
             while (seg := await claim()) is not None:
                 self.running += 1
                 self.connections = max(self.connections, self.running)
+                self.tracker.connections = self.running  # for the display
                 writer = writer_for(seg)
                 try:
                     async with asyncio.timeout(None) as scope:
@@ -179,6 +183,7 @@ class Pool:
                 finally:
                     seg.scope = None
                     self.running -= 1
+                    self.tracker.connections = self.running
                     if budget is not None:
                         budget.release()
                 if finished is not None:

@@ -3,7 +3,10 @@
 The hot path only adds to an integer; whoever shows progress (the CLI's
 rich bar, plain log lines, Redis in distributed mode) reads the tracker on
 its own schedule.  A failed try leaves a note (``retrying``) that the
-display shows instead of a frozen speed until bytes flow again.
+display shows instead of a frozen speed until bytes flow again.  The
+connections open now (``connections``) and the file's name (``name``, once
+known) are set by whoever knows them: the pool of fetchers, ``download()``,
+or the producer reading a worker's status.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class Tracker:
         self._window = window
         self._samples: deque[tuple[float, int]] = deque()
         self.retries = 0  # notes taken so far: a display can tell a new one
+        self.connections = 0  # requests running now
+        self.name: str | None = None  # the file's name, once known
         self._note: tuple[float, str, int] | None = None  # (until, reason, done when noted)
 
     def start(self, total: int | None, done: int = 0) -> None:

@@ -468,8 +468,8 @@ def test_enqueue_from_an_input_file_and_status_of_the_ids(
     assert_files({download_dir / "shards" / A: A, download_dir / "b" / "two.bin": B})
     assert (download_dir / C).read_bytes() == b"already here"
     text = run("status", *ids, cwd=tmp_path, env=env)
-    assert text.returncode == 0 and [line.split()[:2] for line in text.stdout.splitlines()[:1]] == [
-        [ids[0], "complete"]
+    assert text.returncode == 0 and [line.split()[:3] for line in text.stdout.splitlines()[:1]] == [
+        [ids[0], A, "complete"]
     ]
 
 

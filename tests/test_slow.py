@@ -274,7 +274,7 @@ async def test_the_bar_says_when_it_is_retrying() -> None:
     last = screen.getvalue().split("\r")[-1]
     assert "retrying in 4 s (HTTP 503)" in last, last
 
-    tracker.advance(100)  # bytes flow again: the speed column is back (rich's "?" before its first estimate)
+    tracker.advance(100)  # bytes flow again: the speed column is back ("- MiB/s" before its first estimate)
     screen = _Terminal()
     async with show_progress(tracker, "rangefetch", stream=screen):
         await asyncio.sleep(0.3)

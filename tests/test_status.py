@@ -78,6 +78,7 @@ async def test_status_fields(store: Store) -> None:
     assert record["workers"] == ["w1"]
     assert {"downloadSpeed", "eta", "path", "url", "sha256", "connections"} <= set(record)
     text = format_status(record)
+    assert text.startswith("d1  big.iso  running ")  # the file's name beside the id
     assert "running" in text and "1/4 done, 1 in flight, 1 failed" in text and "w1" in text
 
 
@@ -200,4 +201,4 @@ async def test_watch_bars_until_finished(store: Store) -> None:
     stream = _Terminal()
     records = await watch(store, [], stream=stream)
     assert [r["state"] for r in records] == ["cancelled"]
-    assert "d1 cancelled" in stream.getvalue() and "0/4 ranges" in stream.getvalue()
+    assert "big.iso  d1 cancelled" in stream.getvalue() and "0/4 ranges" in stream.getvalue()
