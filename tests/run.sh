@@ -3,10 +3,12 @@
 #   bash tests/run.sh [pytest args...]             the suite (type check first)
 #   bash tests/run.sh --compose [pytest args...]   the Docker Compose test only
 # Works on a fresh Debian machine with Python >= 3.11 as root: installs
-# redis-server and tinyproxy with apt-get when they are missing, builds .venv,
+# redis-server, tinyproxy and tmux with apt-get when they are missing, builds .venv,
 # installs the project with its test extras, type-checks the packages and runs
 # pytest.  Without root, redis-server must be there already; without tinyproxy
-# the proxy tests (tests/test_proxy.py) are skipped.
+# the proxy tests (tests/test_proxy.py) are skipped, without tmux the screen
+# tests (tests/test_screen.py), without chromium and chromium-driver the
+# dashboard's browser test (tests/test_dashboard_browser.py).
 #
 # --compose runs tests/test_compose.py's `compose` test, which the default run
 # leaves out (pyproject.toml): it builds the image and runs docker-compose.yml
@@ -26,6 +28,10 @@ missing=()
 if [ "$compose" = 0 ]; then
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)  # tests/test_screen.py reads the screen in tmux
+    # tests/test_dashboard_browser.py drives Debian's chromium through its chromedriver.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 else
     # Only the compose test needs these; the suite never does.
     command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)

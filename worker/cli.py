@@ -22,6 +22,10 @@ connection), and its heartbeat reports it.  A download
 enqueued with its own CA certificates or ``--insecure`` keeps them
 (``Runtime.client_for``).
 
+``--metrics-port N`` serves the worker's own Prometheus metrics, on
+127.0.0.1 unless ``--metrics-host`` says otherwise (``worker.metrics``; prometheus_client comes with the
+``dashboard`` extra).
+
 Redis (``rangefetch.connections``): the first contact fails fast, so a
 worker that cannot reach Redis at its very first start exits with one line
 (a configuration error more often than an outage).  Once reached, commands
@@ -60,6 +64,7 @@ from rangefetch.cli import (
 from rangefetch.connections import PATIENT_OUTAGE, RedisLink, redis_settings
 from rangefetch.network import check_network
 
+from .metrics import enable as enable_metrics
 from .runtime import shutdown
 from .settings import create_worker
 
@@ -87,6 +92,14 @@ T = TypeVar("T")
     help="At most RATE bytes/s from one server host, over the whole cluster, e.g. 50M (default: no limit).",
 )  # fmt: skip
 @interface_option
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+    help="Serve this worker's Prometheus metrics on PORT at /metrics (needs the 'dashboard' extra).",
+)  # fmt: skip
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDR",
+    help="Address the --metrics-port server listens on.",
+)  # fmt: skip
 @click.option("-v", "--verbose", is_flag=True, help="Per-range and debug lines too.")
 def worker(
     concurrency: int | None,
@@ -104,6 +117,8 @@ def worker(
     user_agent: str | None,
     per_host_rate: str | None,
     interface: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
     verbose: bool,
 ) -> None:
     """Fetch ranges and finalize downloads from the Redis queue until stopped.
@@ -125,7 +140,12 @@ def worker(
         )  # fmt: skip
         redis_settings(settings)  # a missing or malformed URL fails here, in one line
         check_network(settings)
-        await serve(settings, burst=burst)
+        stop_metrics = enable_metrics(port=metrics_port, host=metrics_host) if metrics_port is not None else None
+        try:
+            await serve(settings, burst=burst)
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
 
     run(main)
 

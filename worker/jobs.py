@@ -188,10 +188,12 @@ async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
     except Exception as exc:
         lease.check()  # the error of a run that lost its lease (its writes refused) fails nothing
         if await fail(store, download_id, exc, rng=rng):
+            rt.metrics.range_failed()
             raise
         return
     lease.check()  # the range may be another run's now: that one records it
     count = await store.mark_done(download_id, rng, digest)
+    rt.metrics.range_done()
     log.debug("range %s of %s done (%d of %d)", rng, download_id, count, spec.ranges)
     if count >= spec.ranges:
         added = await enqueue_finalizer(rt.redis, rt.settings.queue_name, download_id)
@@ -227,7 +229,9 @@ async def _fetch(
     try:
         await store.start_range(spec.id, rng, rt.worker_id)
         transfer = _Transfer(rt, lease, spec, rng, target, done)
-        return await transfer.run(), transfer.digest()
+        with rt.metrics.connection():
+            end = await transfer.run()
+        return end, transfer.digest()
     finally:
         lease.slots = None
         try:
@@ -270,6 +274,7 @@ class _Transfer:
 
     def _count(self, n: int) -> None:
         self.written += n
+        self.rt.metrics.fetched(n)
         if self.pace is not None:
             self.pace.arrived(n)
 
@@ -286,6 +291,7 @@ class _Transfer:
 
     async def _note_retry(self, delay: float, exc: TransientError) -> None:
         """Record a retry wait on the download, for ``status`` and ``get --redis``: "retrying in 4 s (HTTP 503)"."""
+        self.rt.metrics.range_retried()
         try:
             async with asyncio.timeout(NOTE_TIMEOUT):
                 await self.rt.store.note_retry(self.spec.id, exc.reason, time.time() + delay)

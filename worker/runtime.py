@@ -81,6 +81,8 @@ from rangefetch import QueueError, Settings, Trust, make_client
 from rangefetch.store import DownloadSpec, Store, WorkerInfo
 
 from .handoff import Pace
+from .metrics import WorkerMetrics
+from .metrics import current as current_metrics
 
 __all__ = [
     "HARD_STOP_MARGIN",
@@ -258,6 +260,7 @@ class Runtime:
     clients: dict[tuple[bool, str | None], httpx.AsyncClient] = field(default_factory=dict)
     redis_failures: dict[str, int] = field(default_factory=dict)  # job id -> its runs in a row that Redis failed
     pace: Pace = field(default_factory=Pace)  # range runs' speeds, for the straggler rule (``worker.handoff``)
+    metrics: WorkerMetrics = field(default_factory=current_metrics)  # --metrics-port (``worker.metrics``)
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> Runtime:
@@ -352,7 +355,9 @@ class Runtime:
         while True:
             info = WorkerInfo(self.worker_id, host, pid, len(self.running), time.time(), self.settings.interface)
             try:
+                began = time.monotonic()
                 await self.store.heartbeat(info)
+                self.metrics.redis_roundtrip(time.monotonic() - began)
                 if failing:
                     log.info("heartbeat recorded again")
                 failing = False
