@@ -11,7 +11,9 @@ ranges:
   (the probe is included once, so this is an upper bound);
 * **Redis commands per range**: ``INFO commandstats`` before and after one
   distributed download (enqueue, jobs, progress, finalizer, arq's polling),
-  divided by the number of ranges;
+  divided by the number of ranges, in all and by command (commands run by
+  our Lua scripts count too); ``--workers 2`` and ``--workers 8`` show how
+  it grows with the workers;
 * **job overhead per range**: ``(distributed - embedded) * connections / ranges``,
   where distributed is the enqueue command plus the time from the download's
   ``created`` to its ``finished`` stamp in Redis,
@@ -40,16 +42,17 @@ import run as bench  # bench/run.py: nginx, the source file, sizes
 CONNECTIONS = 16
 
 
-def redis_calls(port: int) -> int:
-    """Total commands Redis has executed (``INFO commandstats``)."""
+def redis_calls(port: int) -> dict[str, int]:
+    """Commands Redis has executed, by name (``INFO commandstats``)."""
     out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
                          capture_output=True, text=True, check=True).stdout
-    total = 0
+    calls: dict[str, int] = {}
     for line in out.splitlines():
         if line.startswith("cmdstat_"):
-            fields = dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))
-            total += int(fields["calls"])
-    return total
+            name, rest = line[len("cmdstat_"):].split(":", 1)
+            fields = dict(kv.split("=") for kv in rest.split(","))
+            calls[name] = int(fields["calls"])
+    return calls
 
 
 def timed(argv: list[str], env: dict[str, str], timeout: float) -> tuple[float, str]:
@@ -126,7 +129,10 @@ def main() -> int:
         t_enqueue, out = timed([*rf, "enqueue", url, "-o", "dist.bin", *common], env, 600)
         download_id = out.strip()
         timed([*rf, "wait", download_id], env, 600)
-        commands = redis_calls(port) - before
+        after = redis_calls(port)
+        by_command = {name: after[name] - before.get(name, 0) for name in after
+                      if after[name] - before.get(name, 0) > 0}
+        commands = sum(by_command.values())
         ok_dist = sha256_ok(downloads / "dist.bin", source_sha)
         # From the download's own record: enqueued -> complete, without the
         # start-up of the enqueue/wait processes and wait's polling interval.
@@ -150,6 +156,7 @@ def main() -> int:
         "redis_commands": commands, "redis_commands_per_range": round(commands / ranges, 1),
         "overhead_ms_per_range": round(1e3 * (t_dist - t_embedded) * CONNECTIONS / ranges, 2),
         "sha256_ok": ok_embedded and ok_dist,
+        "redis_commands_by_name": dict(sorted(by_command.items(), key=lambda kv: -kv[1])),
     }
     (work / "overhead.json").write_text(json.dumps(result, indent=2))
     print(f"{ranges} ranges of {chunk // 1024} KiB ({size / bench.MIB:g} MiB), {args.workers} workers, "
@@ -161,6 +168,9 @@ def main() -> int:
     print(f"| Redis commands, per range | {result['redis_commands_per_range']} |")
     print(f"| extra connection-slot time, per range | {result['overhead_ms_per_range']} ms |")
     print(f"| sha256 of both results | {'ok' if result['sha256_ok'] else 'MISMATCH'} |")
+    print("\n| Redis command | calls | per range |\n|---|---|---|")
+    for name, calls in result["redis_commands_by_name"].items():
+        print(f"| {name} | {calls} | {calls / ranges:.2f} |")
     return 0 if result["sha256_ok"] else 1
 
 

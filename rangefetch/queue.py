@@ -46,6 +46,23 @@ in the past.  They are few, and a range is redone only
 ``max_verify_retries`` times, so nothing is starved for long.  Lost ranges
 the sweep finds again get fair scores like any others.
 
+Running jobs
+------------
+arq leaves a running job in the queue (it removes it when the job ends),
+and every worker with a free slot reads the due head of the queue on each
+poll and checks each job there (WATCH, EXISTS, ZSCORE, UNWATCH): with the
+in-flight jobs at the head, every poll of every free worker walks all of
+them, a cost that grows with the number of workers.  So each renewal of a
+job's lease (``worker.runtime.Lease``) also moves the job's score to when
+its in-progress key lapses (one lease on; ``ZADD XX``, so a job that has
+ended and left the queue is not put back): polls do not see a running job,
+and the job of a worker that died is due again as its in-progress key
+lapses.  A run that ends in an exception (a retry, a cancel) first puts the
+job back at the score it started with (``restore_place``), since arq moves
+a retried job on from there; one that ends well is removed by arq.  The
+score is the worker host's clock: a skew between hosts delays a takeover by
+that much.
+
 Job keys expire ``JOB_TTL_MS`` after their score rather than arq's one day: a
 range may wait in a long queue for longer than that, and an expired job would
 be a range that is never fetched.
@@ -53,6 +70,8 @@ be a range that is never fetched.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -83,11 +102,13 @@ __all__ = [
     "queue_head",
     "range_job",
     "remove_jobs",
+    "restore_place",
 ]
 
 FETCH_RANGE = "fetch_range"  # arq function names, as the worker registers them
 FINALIZE = "finalize"
 BATCH = 1000
+RESTORE_TIMEOUT = 2.0  # seconds a job's end may wait to give its queue place back
 JOB_TTL_MS = 7 * 86_400_000
 
 
@@ -224,3 +245,17 @@ async def remove_jobs(redis: Redis, queue: str, job_ids: Iterable[str], *, batch
     except RedisError as exc:
         raise QueueError(f"cannot remove jobs from {queue}: {exc}") from exc
     return removed
+
+
+async def restore_place(redis: Redis, queue: str, job_id: str, score: object) -> None:
+    """Put a running job back at the score arq started it with (``score``, from arq's ctx): see "Running jobs".
+
+    Never raises: a place not given back only makes the job due one lease later.
+    """
+    if not isinstance(score, int):
+        return
+    try:
+        async with asyncio.timeout(RESTORE_TIMEOUT):
+            await redis.zadd(queue, {job_id: score}, xx=True)
+    except (RedisError, TimeoutError) as exc:
+        logging.getLogger(__name__).debug("job %s: queue place not restored: %s", job_id, exc)

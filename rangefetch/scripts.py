@@ -194,7 +194,9 @@ local token, ttl, owner, wait_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumbe
 local shared, waiters = KEYS[1], KEYS[2]
 redis.call('ZREMRANGEBYSCORE', shared, '-inf', t)
 redis.call('ZREMRANGEBYSCORE', waiters, '-inf', t - wait_ttl)
+local listed = true  -- whether the owner may be among the waiters (known only when they are read)
 if not redis.call('ZSCORE', shared, token) then
+  listed = false
   local limit = tonumber(ARGV[5])
   local holders = redis.call('ZRANGE', shared, 0, -1)
   local owners, count, mine, others_wait = {}, 0, 0, false
@@ -210,7 +212,9 @@ if not redis.call('ZSCORE', shared, token) then
     end
   end
   for _, w in ipairs(redis.call('ZRANGE', waiters, 0, -1)) do
-    if w ~= owner then
+    if w == owner then
+      listed = true
+    else
       others_wait = true
       if not owners[w] then
         owners[w] = true
@@ -240,7 +244,7 @@ for i, key in ipairs(KEYS) do
     redis.call('EXPIRE', key, math.ceil(ttl) + 60)
   end
 end
-redis.call('ZREM', waiters, owner)
+if listed then redis.call('ZREM', waiters, owner) end
 return 1
 """
 

@@ -18,6 +18,7 @@ shared by its jobs, taking tokens from Redis a batch at a time.
 
 from __future__ import annotations
 
+import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -115,7 +116,7 @@ class Store:
     async def create(self, spec: DownloadSpec) -> bool:
         """Record ``spec`` as a queued download, in one step (``scripts.CREATE``); ``False`` if the id is known."""
         now = str(time.time())
-        record = {**spec.fields(), "state": DownloadState.QUEUED.value, "created": now}
+        record = {**spec.fields(), "state": DownloadState.QUEUED.value, "created": now, "rev": _rev()}
         fields = [item for pair in record.items() for item in pair]
         headers = [item for pair in spec.headers.items() for item in pair]
         ca = ["1", spec.ca_pem] if spec.ca_pem is not None else ["0"]
@@ -131,7 +132,7 @@ class Store:
         """Refresh the probe facts and headers of a known download (a re-enqueue)."""
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.download_key(spec.id), mapping=spec.fields())
+                pipe.hset(keys.download_key(spec.id), mapping={**spec.fields(), "rev": _rev()})
                 # An optional fact that is gone now (no ETag any more, no checksum asked) must not linger.
                 gone = [k for k in ("etag", "last_modified", "checksum") if getattr(spec, k) is None]
                 if gone:
@@ -183,6 +184,16 @@ class Store:
             ca_pem=_s(ca_pem) if ca_pem is not None else None,
             limit_rate=int(data.get("limit_rate") or 0),
         )
+
+    async def state_rev(self, download_id: str) -> tuple[DownloadState | None, str | None]:
+        """The download's state and the revision of its spec (new on every ``create`` and ``update_spec``).
+
+        A worker keeps the specs it has loaded by revision, so a range run
+        costs one command to learn that its download is still active and its
+        spec unchanged, instead of three to load the spec again.
+        """
+        state, rev = await self._call(self.redis.hmget(keys.download_key(download_id), ["state", "rev"]))
+        return (DownloadState(_s(state)) if state else None), (_s(rev) if rev is not None else None)
 
     async def state(self, download_id: str) -> DownloadState | None:
         """The download's state, or ``None`` if it is unknown."""
@@ -530,6 +541,11 @@ class Store:
             return await awaitable
         except RedisError as exc:
             raise QueueError(f"Redis error: {exc}") from exc
+
+
+def _rev() -> str:
+    """A new revision of a download's spec (``Store.state_rev``)."""
+    return secrets.token_hex(6)
 
 
 def _ms(seconds: float) -> int:

@@ -17,19 +17,47 @@ from rangefetch.redact import redact_url
 from rangefetch.state import DownloadState
 from rangefetch.store import DownloadSpec, Store
 
-__all__ = ["active_spec", "fail", "log_started"]
+__all__ = ["SpecCache", "active_spec", "fail", "log_started"]
 
 log = logging.getLogger(__name__)
 
 
-async def active_spec(store: Store, download_id: str) -> tuple[DownloadSpec, DownloadState] | None:
-    """The download's spec and state, or ``None`` when there is nothing to do for it."""
-    state = await store.state(download_id)
+# download id -> (spec revision, spec): what ``active_spec`` loaded, per worker process
+SpecCache = dict[str, tuple[str, DownloadSpec]]
+SPEC_CACHE_SIZE = 256  # downloads whose specs a worker keeps; the oldest is dropped beyond
+
+
+async def active_spec(
+    store: Store, download_id: str, cache: SpecCache | None = None
+) -> tuple[DownloadSpec, DownloadState] | None:
+    """The download's spec and state, or ``None`` when there is nothing to do for it.
+
+    With ``cache``, a spec is loaded once per revision (``Store.state_rev``):
+    the state and revision are one command, the spec three more.
+    """
+    if cache is None:
+        state = await store.state(download_id)
+        rev = None
+    else:
+        state, rev = await store.state_rev(download_id)
     if state is None or state.finished:
         log.debug("download %s is %s; nothing to do", download_id, state.value if state else "gone")
+        if cache is not None:
+            cache.pop(download_id, None)
         return None
+    if cache is not None and rev is not None:
+        known = cache.get(download_id)
+        if known is not None and known[0] == rev:
+            return known[1], state
     spec = await store.spec(download_id)
-    return (spec, state) if spec is not None else None
+    if spec is None:
+        return None
+    if cache is not None and rev is not None:
+        cache.pop(download_id, None)
+        cache[download_id] = (rev, spec)
+        while len(cache) > SPEC_CACHE_SIZE:
+            del cache[next(iter(cache))]
+    return spec, state
 
 
 def log_started(spec: DownloadSpec) -> None:

@@ -162,7 +162,7 @@ async def fetch_range_job(ctx: dict[str, Any], download_id: str, start: int, end
 
 async def _run(rt: Runtime, lease: Lease, download_id: str, rng: Range) -> None:
     store = rt.store
-    found = await active_spec(store, download_id)
+    found = await active_spec(store, download_id, rt.specs)
     if found is None:
         return
     spec, state = found
@@ -226,6 +226,7 @@ async def _fetch(
     if not taken:
         raise Retry(defer=_jitter(jobs.slot_wait))
     lease.slots = (token, list(limits))
+    end: _End | None = None
     try:
         await store.start_range(spec.id, rng, rt.worker_id)
         transfer = _Transfer(rt, lease, spec, rng, target, done)
@@ -236,7 +237,8 @@ async def _fetch(
         lease.slots = None
         try:
             await store.release_slots(token, list(limits))
-            await store.stop_range(spec.id, rng, rt.worker_id)
+            if end is not _End.DONE:  # a done range leaves the in-flight list with its mark_done
+                await store.stop_range(spec.id, rng, rt.worker_id)
         except QueueError as exc:  # the leases lapse by themselves
             log.debug("range %s of %s: %s", rng, spec.id, exc)
 
@@ -322,7 +324,11 @@ class _Transfer:
                 await self._save(writer, quiet=True)
                 raise
             else:
-                await self._save(writer)
+                # A range fetched to its end is recorded by its mark_done (full
+                # length, digest): recording its progress too would be a
+                # command per range that only matters if mark_done is lost,
+                # and then the next run fetches the range again.
+                await self._save(writer, record=end is not _End.DONE or self.written != self.rng.length)
         if failure is not None:
             await self._retry_later(failure)
         return await self._settle(end)
@@ -456,14 +462,15 @@ class _Transfer:
             return True
         return state is not None and not state.finished
 
-    async def _save(self, writer: FileWriter, *, quiet: bool = False) -> None:
-        """Fsync what was handed to the writer and record it as the range's progress."""
+    async def _save(self, writer: FileWriter, *, quiet: bool = False, record: bool = True) -> None:
+        """Fsync what was handed to the writer and (with ``record``) record it as the range's progress."""
         written = self.written  # bytes queued before the flush below: on disk after it
         try:
             await writer.flush()
             if written != self.saved:
                 self.lease.check()  # a run that lost its lease records nothing: the range may be another run's
-                await self.rt.store.set_progress(self.spec.id, self.rng, written)
+                if record:
+                    await self.rt.store.set_progress(self.spec.id, self.rng, written)
                 self.saved = written
         except (RangefetchError, LeaseLost) as exc:
             if not quiet:

@@ -49,6 +49,10 @@ cannot be sure it still holds it:
   one lease later (``Lease.give_up``) to find the range taken over, done,
   or free again.
 
+While a job runs, each renewal also moves its score in the queue to when
+its lease lapses, and a run that ends in an exception gives its place back
+(``rangefetch.queue``, "Running jobs"): polls do not walk running jobs.
+
 arq deletes a job's in-progress key whenever the job ends, the run that
 lost it included, even while another run of the job (the one that took it
 over) is going.  That run puts the key back at its next renewal while it
@@ -78,8 +82,10 @@ from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
 
 from rangefetch import QueueError, Settings, Trust, make_client
+from rangefetch.queue import restore_place
 from rangefetch.store import DownloadSpec, Store, WorkerInfo
 
+from .downloads import SpecCache
 from .handoff import Pace
 from .metrics import WorkerMetrics
 from .metrics import current as current_metrics
@@ -201,11 +207,17 @@ class Lease:
         if self.job_id is not None:
             key, ms = in_progress_key_prefix + self.job_id, max(1, round(ttl * 1000))
             try:
-                if slots is not None and self.slots is slots:
-                    # The slots hold this run's token, so the job is this run's.  A run
-                    # that lost it and ended since may have taken arq's key along: put it back.
-                    await rt.redis.set(key, b"1", px=ms)
-                elif not await rt.redis.pexpire(key, ms):
+                async with rt.redis.pipeline(transaction=False) as pipe:
+                    if slots is not None and self.slots is slots:
+                        # The slots hold this run's token, so the job is this run's.  A run
+                        # that lost it and ended since may have taken arq's key along: put it back.
+                        pipe.set(key, b"1", px=ms)
+                    else:
+                        pipe.pexpire(key, ms)
+                    # Out of the polls' sight while it runs (``rangefetch.queue``, "Running jobs").
+                    pipe.zadd(rt.settings.queue_name, {self.job_id: round(time.time() * 1000) + ms}, xx=True)
+                    held, _ = await pipe.execute()
+                if not held:
                     return False
             except RedisError as exc:
                 raise QueueError(f"cannot renew {self.name}: {exc}") from exc
@@ -261,6 +273,7 @@ class Runtime:
     redis_failures: dict[str, int] = field(default_factory=dict)  # job id -> its runs in a row that Redis failed
     pace: Pace = field(default_factory=Pace)  # range runs' speeds, for the straggler rule (``worker.handoff``)
     metrics: WorkerMetrics = field(default_factory=current_metrics)  # --metrics-port (``worker.metrics``)
+    specs: SpecCache = field(default_factory=dict)  # the specs range runs loaded (``worker.downloads.active_spec``)
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> Runtime:
@@ -300,8 +313,14 @@ class Runtime:
         lease = Lease(self, job_id, since=time.monotonic())  # arq has just set its in-progress key
         self.running.add(job_id)
         try:
-            async with background(lease.keep(), name=f"lease {job_id}"):
-                yield lease
+            try:
+                async with background(lease.keep(), name=f"lease {job_id}"):
+                    yield lease
+            except BaseException:
+                # arq re-queues the job relative to its score (a retry, a cancelled run):
+                # give back the place the renewals moved it from.  A job that ends well leaves the queue.
+                await restore_place(self.redis, self.settings.queue_name, job_id, ctx.get("score"))
+                raise
         finally:
             self.running.discard(job_id)
             if not lease.redis_failed:
