@@ -7,6 +7,7 @@ Redis with ``appendonly yes`` would.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -17,9 +18,29 @@ from types import TracebackType
 
 import redis
 
+# Under pytest-xdist (tests/run.sh -n) every worker hands out ports from a
+# slice of its own below Linux's ephemeral range (32768-60999), so a port one
+# worker picked cannot be taken by another before its server binds it, nor
+# while a test has its Redis stopped for a restart.
+_SLICE = 500
+_cursor = 0
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    global _cursor
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        base = 20000 + (int(worker[2:]) % 24) * _SLICE
+        for _ in range(_SLICE):
+            port = base + _cursor % _SLICE
+            _cursor += 1
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -77,4 +77,7 @@ if [ "$compose" = 1 ]; then
     exec .venv/bin/python -m pytest -m compose tests/test_compose.py "$@"
 fi
 .venv/bin/python -m mypy
-exec .venv/bin/python -m pytest "$@"
+# Most tests wait on throttled servers and worker processes, so more pytest
+# workers than cores pay (pytest-xdist; each worker starts its own servers).
+# RANGEFETCH_TEST_WORKERS=0 runs serially; a later -n in the arguments wins.
+exec .venv/bin/python -m pytest -n "${RANGEFETCH_TEST_WORKERS:-4}" --dist loadgroup "$@"

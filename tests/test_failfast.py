@@ -389,6 +389,13 @@ def test_ctrl_c_at_any_moment_is_one_line(srv: RangeServer, tmp_path: Path, dela
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     done = finish(proc)
+    frames = re.findall(r'File "([^"]+)"', done.stderr)
+    if frames and not any("/rangefetch/" in f for f in frames):
+        # On a loaded machine the delay can still land in Python's own start
+        # (site, runpy finding the package), before any of rangefetch's code
+        # runs: no program can change what Python prints there.
+        assert done.returncode != 0 and not (tmp_path / NAME).exists()
+        return
     assert "Traceback" not in done.stderr
     if done.returncode == -signal.SIGINT:  # before Python's own handler was in place: no output at all
         assert done.stderr == ""

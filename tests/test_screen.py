@@ -49,6 +49,10 @@ class Tmux:
         self.tmp_path = tmp_path
         self.env = {**env, "LANG": "C.UTF-8"}
         self.env.pop("TMUX", None)
+        # pytest-xdist's workers set COLUMNS=80 and LINES=24, which rich would
+        # take over the pane's real size.
+        self.env.pop("COLUMNS", None)
+        self.env.pop("LINES", None)
 
     def _tmux(self, *args: str) -> str:
         done = subprocess.run(
