@@ -1,7 +1,7 @@
 """The producer side of distributed mode: put downloads on the queue, watch and steer them.
 
 ``enqueue`` probes, records the download, creates its file and enqueues its
-ranges (through ``rangefetch.queue``, which writes arq jobs in bulk with
+ranges (through ``rangefetch.distributed.queue``, which writes arq jobs in bulk with
 fair scores); ``monitor`` and ``watch`` back ``status``, ``wait``, ``cancel`` and ``workers``; ``cli``
 holds the commands, which plug into ``rangefetch`` through entry points.
 """

@@ -32,11 +32,11 @@ from rangefetch.cli import (
     run,
     setup_logging,
 )
-from rangefetch.connections import open_redis
 from rangefetch.display import show_progress
+from rangefetch.distributed.connections import open_redis
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import Store
 from rangefetch.errors import RangefetchError, UsageError
-from rangefetch.state import DownloadState
-from rangefetch.store import Store
 
 from .enqueue import Enqueued, resolve_target
 from .enqueue import enqueue as enqueue_download
@@ -60,7 +60,7 @@ def _common(fn: F) -> F:
 
 @contextlib.asynccontextmanager
 async def _connect(settings: Settings, *, patient: bool = False) -> AsyncIterator[ArqRedis]:
-    """Redis for one command (``rangefetch.connections.open_redis``).
+    """Redis for one command (``rangefetch.distributed.connections.open_redis``).
 
     Every command fails within seconds, in one line, when Redis cannot be
     reached or refuses the password at first contact.  ``wait``,

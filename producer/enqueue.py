@@ -76,13 +76,13 @@ from rangefetch import (
     resolve_output,
 )
 from rangefetch.display import format_bytes
+from rangefetch.distributed.queue import enqueue_finalizer, enqueue_ranges
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.network import read_ca_pem
 from rangefetch.origin import headers_for
 from rangefetch.plan import MAX_RANGES, check_chunk_size
-from rangefetch.queue import enqueue_finalizer, enqueue_ranges
 from rangefetch.sink import existing_output
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
 
 __all__ = ["DISTRIBUTED_RANGES_PER_CONNECTION", "Enqueued", "download_id", "enqueue", "resolve_target"]
 

@@ -19,11 +19,11 @@ from redis.asyncio import Redis
 
 from rangefetch import CancelledDownloadError, DownloadError, Settings, UsageError, plan_ranges, redact_url
 from rangefetch.display import format_bytes, format_duration
-from rangefetch.keys import finalize_job_id, range_job_id, state_channel
+from rangefetch.distributed.keys import finalize_job_id, range_job_id, state_channel
+from rangefetch.distributed.queue import remove_jobs
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import Store, WorkerInfo
 from rangefetch.progress import RetryNote, Tracker
-from rangefetch.queue import remove_jobs
-from rangefetch.state import DownloadState
-from rangefetch.store import Store, WorkerInfo
 
 __all__ = [
     "cancel",

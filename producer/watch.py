@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from rangefetch.display import bar_columns
-from rangefetch.state import DownloadState
-from rangefetch.store import Store
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import Store
 
 from .monitor import POLL_INTERVAL, file_name, format_status, retry_note, statuses
 

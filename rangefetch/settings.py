@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .keys import DEFAULT_QUEUE
+from .distributed.keys import DEFAULT_QUEUE
 from .plan import parse_size
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 ``start_download`` does what ``rangefetch enqueue`` does, in the simplest
 way: probe, create the ``.part`` file at its size, record the
-``DownloadSpec`` and enqueue its range jobs (``rangefetch.queue``, as the
+``DownloadSpec`` and enqueue its range jobs (``rangefetch.distributed.queue``, as the
 producer does).
 """
 
@@ -22,9 +22,9 @@ import httpx
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from rangefetch import PartFile, Settings, plan_ranges, probe
-from rangefetch.queue import enqueue_ranges
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
+from rangefetch.distributed.queue import enqueue_ranges
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 
 QUEUE = "rangefetch:queue"
 

@@ -31,9 +31,9 @@ from producer.dashboard.metrics import render
 from producer.dashboard.poller import MAX_SAMPLES, Poller
 from producer.dashboard.snapshot import Pieces, piece_map, read_snapshot
 from rangefetch import Range
-from rangefetch.keys import sem_host
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store, WorkerInfo
+from rangefetch.distributed.keys import sem_host
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store, WorkerInfo
 
 pytestmark = pytest.mark.redis
 

@@ -25,8 +25,9 @@ import redis
 from dashboard_helpers import DashboardProcess, rangefetch
 from distributed_helpers import worker_env
 from rangeserver import RangeServer
+from webdriver import Browser
 
-from rangefetch.keys import WORKERS
+from rangefetch.distributed.keys import WORKERS
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser]
 
@@ -39,22 +40,14 @@ if CHROMIUM is None or CHROMEDRIVER is None:
         allow_module_level=True,
     )
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    """Headless chromium through Debian's chromedriver (no Selenium Manager, no download)."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,900", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
-        options.add_argument(arg)
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    """Headless chromium through Debian's chromedriver, driven by tests/webdriver.py."""
+    assert CHROMIUM is not None and CHROMEDRIVER is not None
+    args = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--window-size=1400,900", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium'}")  # fmt: skip
+    driver = Browser(chromedriver=CHROMEDRIVER, chromium=CHROMIUM, args=args, log=tmp_path / "chromedriver.log")
     try:
         yield driver
     finally:
@@ -73,20 +66,20 @@ def until(predicate: Callable[[], Any], what: str, *, timeout: float = 30.0) -> 
         time.sleep(0.1)
 
 
-def cells(driver: WebDriver, gid: str) -> str:
+def cells(driver: Browser, gid: str) -> str:
     """The piece map of ``gid`` as the page draws it: one letter per cell."""
     script = "return Array.from(document.querySelectorAll(arguments[0])).map(c => c.dataset.state || 'q').join('')"
     return str(driver.execute_script(script, f'.piecemap[data-gid="{gid}"] .cell'))
 
 
-def state(driver: WebDriver, gid: str) -> str:
+def state(driver: Browser, gid: str) -> str:
     """The state the downloads table shows for ``gid`` ("" before its row appears)."""
     script = "const c = document.querySelector(arguments[0]); return c ? c.textContent : ''"
     return str(driver.execute_script(script, f'#downloads tr[data-gid="{gid}"] td.state'))
 
 
 def test_page_follows_a_distributed_download_and_cancels_another(
-    server: RangeServer, redis_url: str, download_dir: Path, tmp_path: Path, start_worker: Any, browser: WebDriver
+    server: RangeServer, redis_url: str, download_dir: Path, tmp_path: Path, start_worker: Any, browser: Browser
 ) -> None:
     first, second = os.urandom(3 * 1024 * 1024 + 4321), os.urandom(4 * 1024 * 1024)
     server.add_file("first.bin", first)
@@ -145,15 +138,15 @@ def test_page_follows_a_distributed_download_and_cancels_another(
 
         until(lambda: "i" in cells(browser, b) and state(browser, b) == "running", "the second download running")
         until(lambda: "d" in cells(browser, b) or "v" in cells(browser, b), "a finished range of the second download")
-        workers = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr[data-id]")
+        workers = browser.find_elements("#workers tbody tr[data-id]")
         assert len(workers) == 2
-        until(lambda: browser.find_elements(By.CSS_SELECTOR, f'svg.chart[data-gid="{a}"] path.line[d^="M"]'), "a chart")
+        until(lambda: browser.find_elements(f'svg.chart[data-gid="{a}"] path.line[d^="M"]'), "a chart")
         SCREENSHOT.parent.mkdir(exist_ok=True)
-        browser.save_screenshot(str(SCREENSHOT))
+        browser.save_screenshot(SCREENSHOT)
 
-        browser.find_element(By.CSS_SELECTOR, f'button.cancel[data-gid="{b}"]').click()
+        browser.find_element(f'button.cancel[data-gid="{b}"]').click()
         until(lambda: state(browser, b) == "cancelled", "the second download cancelled")
-        message = browser.find_element(By.ID, "message").text
+        message = browser.find_element("#message").text
         assert message.startswith(f"cancelled {b}"), message
         status = rangefetch("status", b, "--json", env=env)
         assert '"state": "cancelled"' in status.stdout, status.stdout + status.stderr

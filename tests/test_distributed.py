@@ -18,7 +18,7 @@ from rangeserver import RangeServer
 from redisserver import RedisServer
 
 from rangefetch import Range
-from rangefetch.keys import WORKERS, download_key
+from rangefetch.distributed.keys import WORKERS, download_key
 
 pytestmark = pytest.mark.redis
 

@@ -27,7 +27,7 @@ from arq.constants import in_progress_key_prefix
 from distributed_helpers import WorkerProcess, worker_env
 from rangeserver import RangeServer
 
-from rangefetch.keys import DEFAULT_QUEUE, WORKERS
+from rangefetch.distributed.keys import DEFAULT_QUEUE, WORKERS
 
 pytestmark = pytest.mark.redis
 

@@ -21,7 +21,7 @@ from rangeserver import RangeServer
 from redis.asyncio import Redis
 from test_cli_flags import range_gets
 
-from rangefetch.store import Store
+from rangefetch.distributed.store import Store
 
 pytestmark = pytest.mark.redis
 

@@ -24,9 +24,9 @@ from rangeserver import RangeServer
 from redis.asyncio import Redis
 from test_ratelimit import MIB, range_gets, rate_asked, within
 
-from rangefetch import keys
+from rangefetch.distributed import keys
+from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.ratelimit import TimedThrottle
-from rangefetch.store import DownloadSpec, Store
 
 pytestmark = pytest.mark.redis
 

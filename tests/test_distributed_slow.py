@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from test_cli import assert_clean_failure
 
 from producer.monitor import format_status, statuses
-from rangefetch.store import Store
+from rangefetch.distributed.store import Store
 
 pytestmark = pytest.mark.redis
 

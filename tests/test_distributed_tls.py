@@ -32,9 +32,9 @@ from rangeserver import RangeServer
 from producer.enqueue import enqueue
 from producer.monitor import format_status, status
 from rangefetch import Settings, UsageError, make_client
-from rangefetch.keys import download_key
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
+from rangefetch.distributed.keys import download_key
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 from worker.runtime import Runtime
 
 KiB = 1024

@@ -32,8 +32,8 @@ from redis.asyncio import Redis
 from test_cli import assert_clean_failure, assert_success, range_gets, run
 
 from rangefetch import UsageError
+from rangefetch.distributed.store import Store
 from rangefetch.network import check_interface
-from rangefetch.store import Store
 
 StartWorker = Callable[..., WorkerProcess]
 DATA = os.urandom(700_000)

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 from redisserver import RedisServer
 
 from producer.enqueue import download_id
-from rangefetch.state import DownloadState
-from rangefetch.store import Store
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import Store
 
 pytestmark = pytest.mark.redis
 

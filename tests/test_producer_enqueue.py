@@ -22,10 +22,10 @@ from rangefetch import (
     UnsafePathError,
     UsageError,
 )
-from rangefetch.keys import download_key
+from rangefetch.distributed.keys import download_key
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import Store
 from rangefetch.plan import MAX_RANGES, MIN_REQUESTED_CHUNK, choose_chunk_size
-from rangefetch.state import DownloadState
-from rangefetch.store import Store
 
 CHUNK = MIN_REQUESTED_CHUNK  # the smallest --chunk-size there is (64 KiB)
 DATA = os.urandom(10 * CHUNK + 7)  # 11 ranges

@@ -1,4 +1,4 @@
-"""Bulk, fair job writing (rangefetch/queue.py) against fakeredis."""
+"""Bulk, fair job writing (rangefetch/distributed/queue.py) against fakeredis."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from arq.jobs import Job as ArqJob
 from arq.jobs import JobStatus
 
 from rangefetch import Range, plan_ranges
-from rangefetch.keys import download_key
-from rangefetch.queue import (
+from rangefetch.distributed.keys import download_key
+from rangefetch.distributed.queue import (
     JOB_TTL_MS,
     enqueue_finalizer,
     enqueue_jobs,

@@ -40,10 +40,11 @@ from redis.exceptions import AuthenticationError, BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redisserver import RedisServer, free_port
 
-from rangefetch import QueueError, Settings, connections
-from rangefetch.connections import FIRST_CONTACT_TIMEOUT, RedisLink, open_redis, redis_settings
-from rangefetch.state import DownloadState
-from rangefetch.store import Store
+from rangefetch import QueueError, Settings
+from rangefetch.distributed import connections
+from rangefetch.distributed.connections import FIRST_CONTACT_TIMEOUT, RedisLink, open_redis, redis_settings
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import Store
 
 PASSWORD = "pw-s3cret-4f5e"
 SOME_ID = "0123456789abcdef"
@@ -64,7 +65,7 @@ class Clock:
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "rangefetch.connections"]
+    return [r.getMessage() for r in caplog.records if r.name == "rangefetch.distributed.connections"]
 
 
 def test_a_reached_link_says_lost_and_back_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -41,11 +41,11 @@ from producer.enqueue import enqueue
 from producer.monitor import format_status, status
 from producer.watch import watch
 from rangefetch import RemoteFile, RetryPolicy, Settings, download
-from rangefetch.keys import download_key
+from rangefetch.distributed.keys import download_key
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.origin import headers_for, same_origin
 from rangefetch.plan import Range
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
 
 NAME = "secret.bin"
 DATA = os.urandom(600_000)

@@ -33,10 +33,10 @@ from rangefetch import (
     UsageError,
     plan_ranges,
 )
-from rangefetch.keys import download_key
-from rangefetch.queue import enqueue_jobs, finalize_job, range_job
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store, WorkerInfo
+from rangefetch.distributed.keys import download_key
+from rangefetch.distributed.queue import enqueue_jobs, finalize_job, range_job
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store, WorkerInfo
 
 SECRET_URL = "https://alice:hunter22@example.com/big.iso?X-Amz-Signature=abcdef123&token=tok456&part=1"
 SECRETS = ("hunter22", "abcdef123", "tok456", "Bearer-xyz789")

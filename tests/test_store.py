@@ -1,4 +1,5 @@
-"""``Store`` methods and the Lua scripts behind them (rangefetch/store.py, rangefetch/scripts.py), against fakeredis.
+"""``Store`` methods and the Lua scripts behind them (rangefetch/distributed/store.py and
+scripts.py), against fakeredis.
 
 These pin what the leases and the download records promise whoever reads
 them concurrently; the real worker processes exercise them in
@@ -11,10 +12,10 @@ import asyncio
 
 from arq.connections import ArqRedis
 
-from rangefetch import keys
+from rangefetch.distributed import keys
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.plan import Range
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
 
 SPEC = DownloadSpec(
     id="d1", url="http://h/f", final_url="http://h/f", size=4000, path="f", chunk_size=1000, ranges=4,

@@ -346,7 +346,9 @@ async def test_odd_servers_still_ranged(
     s = settings(fast_path, ca_certificate=ca_file)
     result = await fetch(tls_srv.url(NAME, **faults), tmp_path, s)
     assert_ok(result, DATA)
-    assert sorted(r.headers["range"] for r in range_gets(tls_srv.requests)) == sorted(
+    # Each planned range, and nothing else (a range sent again whole, when a
+    # kept-alive connection was closed under it on a loaded machine, is fine).
+    assert sorted({r.headers["range"] for r in range_gets(tls_srv.requests)}) == sorted(
         f"bytes={a}-{b}" for a, b in planned(len(DATA))
     )
     assert all(r.headers.get("accept-encoding") == "identity" for r in tls_srv.requests)

@@ -39,10 +39,10 @@ import worker.finalize
 import worker.jobs
 import worker.verifier
 from producer.monitor import follow
-from rangefetch import keys
+from rangefetch.distributed import keys
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.plan import Range
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
 from worker.files import RangeDigest, hash_file, hash_prefix, hash_range
 from worker.finalize import finalize_job
 from worker.runtime import Runtime

@@ -41,11 +41,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redisserver import RedisServer
 
-from rangefetch import keys, plan_ranges
-from rangefetch.connections import redis_settings
+from rangefetch import plan_ranges
+from rangefetch.distributed import keys
+from rangefetch.distributed.connections import redis_settings
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.plan import Range
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
 from worker.cli import serve
 from worker.finalize import sweep_job
 from worker.jobs import fetch_range_job

@@ -27,19 +27,12 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from distributed_helpers import quick_settings
 
 import worker.finalize
-from rangefetch import (
-    JobLimits,
-    PartFile,
-    RemoteChangedError,
-    RetriesExhaustedError,
-    VerificationError,
-    keys,
-    plan_ranges,
-)
+from rangefetch import JobLimits, PartFile, RemoteChangedError, RetriesExhaustedError, VerificationError, plan_ranges
+from rangefetch.distributed import keys
+from rangefetch.distributed.queue import enqueue_jobs, now_ms, range_job
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.plan import Range
-from rangefetch.queue import enqueue_jobs, now_ms, range_job
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
 from worker.files import hash_file
 from worker.finalize import QUEUED_GRACE, finalize_job, sweep_job
 from worker.jobs import fetch_range_job, host_key

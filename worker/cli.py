@@ -26,7 +26,7 @@ enqueued with its own CA certificates or ``--insecure`` keeps them
 127.0.0.1 unless ``--metrics-host`` says otherwise (``worker.metrics``; prometheus_client comes with the
 ``dashboard`` extra).
 
-Redis (``rangefetch.connections``): the first contact fails fast, so a
+Redis (``rangefetch.distributed.connections``): the first contact fails fast, so a
 worker that cannot reach Redis at its very first start exits with one line
 (a configuration error more often than an outage).  Once reached, commands
 ride out ``PATIENT_OUTAGE`` seconds of outage, and the process logs one line
@@ -61,7 +61,7 @@ from rangefetch.cli import (
     setup_logging,
     speed_options,
 )
-from rangefetch.connections import PATIENT_OUTAGE, RedisLink, redis_settings
+from rangefetch.distributed.connections import PATIENT_OUTAGE, RedisLink, redis_settings
 from rangefetch.network import check_network
 
 from .metrics import enable as enable_metrics

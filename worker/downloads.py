@@ -12,10 +12,10 @@ import logging
 
 from rangefetch import RangefetchError, StateError
 from rangefetch.display import format_bytes
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.plan import Range
 from rangefetch.redact import redact_url
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec, Store
 
 __all__ = ["SpecCache", "active_spec", "fail", "log_started"]
 

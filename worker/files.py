@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from rangefetch import DownloadError, PartFile, VerificationError, resolve_output
+from rangefetch.distributed.store import DownloadSpec
 from rangefetch.plan import Range
-from rangefetch.store import DownloadSpec
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

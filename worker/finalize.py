@@ -42,7 +42,7 @@ as they finished and runs the same steps (``finalize``) with what it found.
    completes it.
 
 The finalizer and the ranges it sends back are enqueued at the front of the
-queue (``rangefetch.queue``, ``front=True``): they finish a download, and
+queue (``rangefetch.distributed.queue``, ``front=True``): they finish a download, and
 must not wait behind another download's backlog.
 
 The sweep (an arq cron job every 30 s, deduplicated across workers) looks at
@@ -78,15 +78,15 @@ from rangefetch import (
     QueueError,
     StateError,
     VerificationError,
-    keys,
     plan_ranges,
     resolve_output,
 )
 from rangefetch.display import format_bytes
+from rangefetch.distributed import keys
+from rangefetch.distributed.queue import enqueue_finalizer, enqueue_ranges
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec
 from rangefetch.plan import Range
-from rangefetch.queue import enqueue_finalizer, enqueue_ranges
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec
 
 from .downloads import active_spec, fail, log_started
 from .files import Hashed, check_size, hash_file, open_for_reading

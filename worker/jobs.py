@@ -96,12 +96,12 @@ from rangefetch import (
     RetriesExhaustedError,
     TransientError,
     fetch_range,
-    keys,
 )
+from rangefetch.distributed import keys
+from rangefetch.distributed.queue import enqueue_finalizer
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.store import DownloadSpec
 from rangefetch.plan import Range
-from rangefetch.queue import enqueue_finalizer
-from rangefetch.state import DownloadState
-from rangefetch.store import DownloadSpec
 
 from .downloads import active_spec, fail, log_started
 from .files import RangeDigest, hash_prefix, hash_range, open_part, part_path

@@ -51,7 +51,7 @@ cannot be sure it still holds it:
 
 While a job runs, each renewal also moves its score in the queue to when
 its lease lapses, and a run that ends in an exception gives its place back
-(``rangefetch.queue``, "Running jobs"): polls do not walk running jobs.
+(``rangefetch.distributed.queue``, "Running jobs"): polls do not walk running jobs.
 
 arq deletes a job's in-progress key whenever the job ends, the run that
 lost it included, even while another run of the job (the one that took it
@@ -82,8 +82,8 @@ from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
 
 from rangefetch import QueueError, Settings, Trust, make_client
-from rangefetch.queue import restore_place
-from rangefetch.store import DownloadSpec, Store, WorkerInfo
+from rangefetch.distributed.queue import restore_place
+from rangefetch.distributed.store import DownloadSpec, Store, WorkerInfo
 
 from .downloads import SpecCache
 from .handoff import Pace
@@ -214,7 +214,7 @@ class Lease:
                         pipe.set(key, b"1", px=ms)
                     else:
                         pipe.pexpire(key, ms)
-                    # Out of the polls' sight while it runs (``rangefetch.queue``, "Running jobs").
+                    # Out of the polls' sight while it runs (``rangefetch.distributed.queue``, "Running jobs").
                     pipe.zadd(rt.settings.queue_name, {self.job_id: round(time.time() * 1000) + ms}, xx=True)
                     held, _ = await pipe.execute()
                 if not held:

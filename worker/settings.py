@@ -52,7 +52,7 @@ What we choose
 * **SIGTERM**: arq cancels the running jobs; each fsyncs and records its
   bytes, releases its slots and re-raises, and arq re-queues it at its old
   place.  No work is lost and, progress being absolute, none is counted twice.
-* **Fairness**: ``rangefetch.queue`` interleaves downloads in the queue
+* **Fairness**: ``rangefetch.distributed.queue`` interleaves downloads in the queue
   and puts finalizers and redone ranges at its front.  Here, jobs that
   find no connection slot are deferred by a jittered
   ``jobs.slot_wait`` (so they do not hold worker slots), a download that
@@ -63,7 +63,7 @@ The dict from ``worker_settings()`` holds arq ``Worker`` keyword arguments;
 ``create_worker()`` builds the ``Worker`` and applies the lease.  Running
 arq's own CLI on that dict would skip the lease: use ``rangefetch worker``.
 Its ``redis_settings`` fail every call until their ``RedisLink`` has
-reached Redis (``rangefetch.connections``): ``worker.cli.serve`` opens the
+reached Redis (``rangefetch.distributed.connections``): ``worker.cli.serve`` opens the
 pool through the link and hands it to the ``Worker`` as ``redis_pool``.
 """
 
@@ -75,8 +75,8 @@ from arq import cron
 from arq.worker import Worker, func
 
 from rangefetch import Settings
-from rangefetch.connections import redis_settings
-from rangefetch.queue import FETCH_RANGE, FINALIZE
+from rangefetch.distributed.connections import redis_settings
+from rangefetch.distributed.queue import FETCH_RANGE, FINALIZE
 
 from .finalize import finalize_job, sweep_job
 from .jobs import fetch_range_job

@@ -55,10 +55,11 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import takewhile
 from pathlib import Path
 
-from rangefetch import Checksum, QueueError, RangefetchError, VerificationError, keys, plan_ranges
+from rangefetch import Checksum, QueueError, RangefetchError, VerificationError, plan_ranges
+from rangefetch.distributed import keys
+from rangefetch.distributed.queue import enqueue_finalizer, enqueue_ranges
+from rangefetch.distributed.store import DownloadSpec
 from rangefetch.plan import Range
-from rangefetch.queue import enqueue_finalizer, enqueue_ranges
-from rangefetch.store import DownloadSpec
 
 from .downloads import fail
 from .files import Hashed, hash_window_at, part_path

@@ -23,7 +23,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from rangefetch import Checksum, Settings, UsageError
-from rangefetch.store import DownloadSpec, Store
+from rangefetch.distributed.store import DownloadSpec, Store
 
 from ..enqueue import Enqueued, download_id, enqueue
 from ..monitor import cancel

@@ -42,9 +42,9 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from rangefetch import DownloadError, OutputExistsError, QueueError, Settings, StateError, UsageError
-from rangefetch.connections import open_redis
+from rangefetch.distributed.connections import open_redis
+from rangefetch.distributed.store import Store
 from rangefetch.errors import RangefetchError
-from rangefetch.store import Store
 
 from . import metrics
 from .actions import ResumeRefused, cancel_download, resume_download

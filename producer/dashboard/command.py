@@ -13,7 +13,7 @@ import logging
 import click
 
 from rangefetch.cli import build_settings, run, setup_logging
-from rangefetch.connections import open_redis
+from rangefetch.distributed.connections import open_redis
 from rangefetch.errors import UsageError
 
 __all__ = ["dashboard", "is_loopback"]

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rangefetch.state import DownloadState
+from rangefetch.distributed.state import DownloadState
 
 from .poller import Poller
 from .snapshot import PIECE_STATES

@@ -22,10 +22,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from rangefetch import QueueError, plan_ranges
-from rangefetch.keys import download_key, sem_host
-from rangefetch.state import DownloadState
-from rangefetch.status import as_str
-from rangefetch.store import Store
+from rangefetch.distributed.keys import download_key, sem_host
+from rangefetch.distributed.state import DownloadState
+from rangefetch.distributed.status import as_str
+from rangefetch.distributed.store import Store
 
 from ..monitor import statuses, worker_record
 

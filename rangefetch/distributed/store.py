@@ -29,10 +29,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ..errors import QueueError, StateError
+from ..plan import Range
+from ..ratelimit import TOLERANCE, BatchedThrottle, TimedThrottle, batch_for
 from . import keys, scripts
-from .errors import QueueError, StateError
-from .plan import Range
-from .ratelimit import TOLERANCE, BatchedThrottle, TimedThrottle, batch_for
 from .state import DownloadState
 from .status import as_str as _s
 from .status import build_status

@@ -47,9 +47,9 @@ from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadin
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import QueueError, UsageError, causes
-from .redact import redact_url
-from .settings import Settings
+from ..errors import QueueError, UsageError, causes
+from ..redact import redact_url
+from ..settings import Settings
 
 __all__ = ["IMPATIENT_OUTAGE", "PATIENT_OUTAGE", "RedisLink", "open_redis", "redis_settings"]
 

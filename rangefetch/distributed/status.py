@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from .redact import redact_url
+from ..redact import redact_url
 from .state import DownloadState
 
 __all__ = ["ARIA2_STATUS", "as_str", "build_status"]

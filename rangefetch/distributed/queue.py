@@ -82,10 +82,10 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ..errors import QueueError
+from ..plan import Range
 from . import scripts
-from .errors import QueueError
 from .keys import download_key, finalize_job_id, range_job_id
-from .plan import Range
 
 __all__ = [
     "BATCH",
