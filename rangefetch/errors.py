@@ -239,6 +239,13 @@ class QueueError(RangefetchError):
     """Redis could not be reached, or answered in a way we cannot use."""
 
 
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The errors inside ``exc``, however deeply its exception groups nest (``exc`` itself if not a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
 def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one error to raise for a task group's failures.
 
@@ -247,18 +254,9 @@ def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     ``from group`` so nothing is lost.  Anything else (a bug) returns the
     group itself, to be raised with full tracebacks.
     """
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    ours = [e for e in leaves if isinstance(e, RangefetchError)]
-    if not ours or len(ours) != len(leaves):
+    found = leaves(group)
+    ours = [e for e in found if isinstance(e, RangefetchError)]
+    if not ours or len(ours) != len(found):
         return group
     primary = next((e for e in ours if isinstance(e, PermanentError | VerificationError)), ours[0])
     if len(ours) > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import pytest
@@ -23,6 +24,7 @@ from rangefetch.errors import (
     UsageError,
     VerificationError,
     collapse,
+    leaves,
 )
 from rangefetch.plan import Range
 
@@ -126,3 +128,12 @@ def test_collapse_returns_the_group_when_a_failure_is_not_ours() -> None:
     assert collapse(group) is group
     base = BaseExceptionGroup("g", [KeyboardInterrupt()])
     assert collapse(base) is base
+
+
+def test_one_walk_of_nested_groups_serves_both_modes() -> None:
+    # collapse() (embedded) and the worker's range job read the same leaves.
+    inner = ExceptionGroup("inner", [ValueError("a"), KeyError("b")])
+    outer = BaseExceptionGroup("outer", [inner, asyncio.CancelledError()])
+    found = leaves(outer)
+    assert [type(e) for e in found] == [ValueError, KeyError, asyncio.CancelledError]
+    assert leaves(ValueError("x"))[0].args == ("x",)

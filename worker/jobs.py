@@ -78,7 +78,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -101,6 +100,7 @@ from rangefetch.distributed import keys
 from rangefetch.distributed.queue import enqueue_finalizer
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec
+from rangefetch.errors import leaves
 from rangefetch.plan import Range
 
 from .downloads import active_spec, fail, log_started
@@ -538,14 +538,6 @@ def _jitter(seconds: float) -> float:
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one error of a two-task group (the fetch and its checkpoints)."""
-    leaves = list(_leaves(group))
-    ours = [e for e in leaves if not isinstance(e, asyncio.CancelledError)]
-    return (ours or leaves)[0]
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
+    found = leaves(group)
+    ours = [e for e in found if not isinstance(e, asyncio.CancelledError)]
+    return (ours or found)[0]
