@@ -79,6 +79,11 @@ class DirectStream(httpcore.AsyncNetworkStream):
         # for all the streams of a backend, which share one event loop.
         self._scratch = scratch if scratch is not None else memoryview(bytearray(TLS_FEED))
 
+    def limit_reads(self, read_size: int) -> int:
+        """Read at most ``read_size`` bytes per call from now on (a rate limit's pace); return the old size."""
+        before, self._read_size = self._read_size, read_size
+        return before
+
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """Up to ``max(max_bytes, read_size)`` bytes.
 
@@ -210,6 +215,11 @@ class TLSStream(httpcore.AsyncNetworkStream):
         self._read_size = raw._read_size
         self._scratch = raw._scratch
         self._fed = 0  # ciphertext bytes the last _pull moved to OpenSSL
+
+    def limit_reads(self, read_size: int) -> int:
+        """As ``DirectStream.limit_reads``, for the decrypted reads."""
+        before, self._read_size = self._read_size, read_size
+        return before
 
     async def handshake(self, timeout: float | None) -> None:
         """Complete the TLS handshake (see ``DirectStream.start_tls`` for what it raises)."""

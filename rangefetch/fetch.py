@@ -232,6 +232,28 @@ async def _get(
         await response.aclose()
 
 
+@contextlib.asynccontextmanager
+async def _reads_of(response: httpx.Response, throttle: Throttle | None) -> AsyncIterator[None]:
+    """Under a rate limit, the connection's reads for this response are no larger than a read's payment.
+
+    Each read is paid for before it is made (``_Meter``); a socket read
+    larger than that runs ahead of the rate (16 connections of 256 KiB reads
+    hold 4 MiB, four seconds at 1 MiB/s).  Only our own network streams
+    (the fast path) can be told; the size goes back when the response ends,
+    as the connection may serve an unlimited download next.
+    """
+    stream = response.extensions.get("network_stream")
+    limit = getattr(stream, "limit_reads", None)
+    if throttle is None or limit is None:
+        yield
+        return
+    before = limit(throttle.ahead)
+    try:
+        yield
+    finally:
+        limit(before)
+
+
 class _Cursor:
     """Bytes of the current range that are already with the writer."""
 
@@ -269,6 +291,7 @@ async def _fetch_once(
         async with (
             _watch_speed(low_speed, url=url, rng=rng) as watch,
             _get(client, url, request_headers, rng) as response,
+            _reads_of(response, throttle),
         ):
             offset, expected = _check_response(response, remote, rng, cursor.done)
             # A plain GET starts at byte 0 again: skip what an earlier try wrote.

@@ -31,7 +31,8 @@ from redis.exceptions import RedisError
 
 from ..errors import QueueError, StateError
 from ..plan import Range
-from ..ratelimit import TOLERANCE, BatchedThrottle, TimedThrottle, batch_for
+from ..ratelimit import AHEAD, TOLERANCE, BatchedThrottle, TimedThrottle, batch_for
+from ..transport import read_size_for
 from . import keys, scripts
 from .state import DownloadState
 from .status import as_str as _s
@@ -481,7 +482,10 @@ class Store:
         key = tuple(sorted(limits.items()))
         shared = self._throttles.get(key)
         if shared is None:
-            shared = BatchedThrottle(lambda n: self.take_rate(limits, n), batch=batch_for(min(limits.values())))
+            rate = min(limits.values())
+            # Each read is paid for first: reads sized to the rate, as in embedded mode.
+            ahead = read_size_for(AHEAD, spec.connections, rate)
+            shared = BatchedThrottle(lambda n: self.take_rate(limits, n), batch=batch_for(rate), ahead=ahead)
             self._throttles[key] = shared
         return TimedThrottle(shared)
 
