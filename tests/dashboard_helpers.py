@@ -9,23 +9,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+from distributed_helpers import CommandProcess
 from redisserver import free_port
 
 
-class DashboardProcess:
+class DashboardProcess(CommandProcess):
     """``rangefetch dashboard`` on a free port of 127.0.0.1; ``url``, ``stop()``, ``output()``."""
 
     def __init__(self, env: Mapping[str, str], log: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._out = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rangefetch", "dashboard", "--port", str(self.port), *args],
-            env=dict(env),
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__(env, log, "dashboard", "--port", str(self.port), *args)
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -37,20 +31,6 @@ class DashboardProcess:
                 self.stop()
                 raise AssertionError(f"the dashboard did not start:\n{self.output()}")
             time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            code = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._out.close()
-        return code
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 def rangefetch(*args: str, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -135,14 +135,14 @@ def quick_settings(redis_url: str, directory: Path, **overrides: object) -> Sett
     return Settings(**values)  # type: ignore[arg-type]
 
 
-class WorkerProcess:
-    """A ``rangefetch worker`` subprocess; its log is kept in a file for failing tests."""
+class CommandProcess:
+    """A ``rangefetch ARGS`` subprocess; its output is kept in a file for failing tests."""
 
     def __init__(self, env: Mapping[str, str], log: Path, *args: str) -> None:
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rangefetch", "worker", *args],
+            [sys.executable, "-m", "rangefetch", *args],
             env=dict(env),
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -164,3 +164,10 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+class WorkerProcess(CommandProcess):
+    """A ``rangefetch worker`` subprocess."""
+
+    def __init__(self, env: Mapping[str, str], log: Path, *args: str) -> None:
+        super().__init__(env, log, "worker", *args)

@@ -318,8 +318,8 @@ def test_compose_stack(stack: tuple[Compose, str]) -> None:
         assert done.stdout.split() == [digest(big), "/downloads/big.bin"]
         watched = compose("run", "--rm", "-T", "producer", "status", "--watch", timeout=180)
         lines = watched.stdout.splitlines()
-        for did in (download_id, resume_id):
-            assert any(line.split()[:2] == [did, "complete"] for line in lines), watched.stdout
+        for did, name in ((download_id, "big.bin"), (resume_id, "resume.bin")):
+            assert any(line.split()[:3] == [did, name, "complete"] for line in lines), watched.stdout
 
         # All in one: enqueue, follow, exit like wait.
         got = compose("run", "--rm", "-T", "producer", "get", server.url("small.bin"), "-o", "isos/small.bin")
