@@ -17,7 +17,10 @@ __all__ = ["end_quiet_interrupts"]
 def _interrupted_while_loading(signum: int, frame: FrameType | None) -> None:
     """SIGINT before the command line is ready: one line, exit 130 (as 128 + SIGINT)."""
     sys.stderr.write("rangefetch: interrupted\n")
-    raise SystemExit(130)
+    sys.stderr.flush()
+    # Not SystemExit: raised inside an import that runpy is still resolving,
+    # it comes back as an ImportError with a traceback.  Nothing is open yet.
+    os._exit(130)
 
 
 def _quiet_interrupts_while_loading() -> None:
