@@ -174,8 +174,9 @@ MiB = 1024 * 1024
 # every worker is in the middle of a range for most of it.
 BIG_SIZE, BIG_RATE = 16 * MiB, 200_000
 # The download that is cancelled and enqueued again: 8 ranges of 256 KiB at
-# 20 kB/s, about 13 s each: still running when `cancel` comes.
-RESUME_SIZE, RESUME_RATE = 2 * MiB, 20_000
+# 8 kB/s, about 33 s each: still running when `cancel` comes, though each
+# `compose run` may take 15 s on a loaded machine (20 kB/s was too fast).
+RESUME_SIZE, RESUME_RATE = 2 * MiB, 8_000
 # docker-init, mounted by `init: true`, is the one path Docker itself adds
 # to a container's own file system.
 DOCKER_INIT = {"C /usr", "C /usr/sbin", "A /usr/sbin/docker-init"}
