@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,12 @@ from rangeserver import RangeServer
 from redis.asyncio import ConnectionPool
 
 # --- a hermetic environment ------------------------------------------------------
+
+# A suite started in the background by a non-interactive shell inherits SIGINT
+# ignored, and so would every CLI subprocess (Python installs no
+# KeyboardInterrupt handler then): the Ctrl-C tests need it handled.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Variables that would route the tests' requests through a proxy or change which
 # CAs are trusted, in any case (pydantic-settings matches names without regard
