@@ -1,7 +1,7 @@
 """The producer's commands: ``enqueue``, ``status``, ``wait``, ``cancel``, ``workers``, and ``get --redis``.
 
-They plug into ``rangefetch`` through entry points (``rangefetch.commands``
-and ``rangefetch.modes``).  Each parses its arguments, builds ``Settings``
+The program (``rangefetch.program``) names them to the core's command group,
+which imports this module on first use.  Each parses its arguments, builds ``Settings``
 once, opens Redis and calls the library in ``enqueue``, ``monitor`` and
 ``watch``; ``rangefetch.cli.run`` turns errors into one line and an exit code.
 """

@@ -1,5 +1,5 @@
 """``python -m rangefetch``: the same as the ``rangefetch`` command."""
 
-from .cli import main
+from .program import main
 
 main()

@@ -1,18 +1,20 @@
-"""The ``rangefetch`` command: parse arguments, build settings, call the library.
+"""The core's ``rangefetch`` command group: parse arguments, build settings, call the library.
 
-Commands from the producer and worker packages plug in through the
-``rangefetch.commands`` entry point group, so the core never imports them.
+The producer's and worker's commands, and ``get --redis``, are not named
+here: the program (``rangefetch.program``) hands them in as ``Extensions``,
+by import path, so the core never imports the distributed layer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine
-from importlib.metadata import entry_points
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +29,7 @@ from .settings import Settings
 from .verify import Checksum
 
 __all__ = [
+    "Extensions",
     "batch_options",
     "build_settings",
     "input_file_option",
@@ -105,18 +108,37 @@ def setup_logging(verbose: int, quiet: bool = False, *, fmt: str = LOG_FORMAT) -
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
+@dataclass(frozen=True)
+class Extensions:
+    """What the program adds to the core's commands, each as ``"module:attribute"``.
+
+    ``commands`` maps a command name to a click command; ``distributed_get``
+    is the coroutine function ``get --redis`` runs.  Each is imported on
+    first use, so ``rangefetch get`` never imports arq.
+    """
+
+    commands: Mapping[str, str] = field(default_factory=dict)
+    distributed_get: str | None = None
+
+
+def _load(target: str) -> Any:
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 class _Group(click.Group):
-    """Adds the commands other packages register, and one-line usage errors."""
+    """Adds the commands of the ``Extensions`` in the context, and one-line usage errors."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *(ep.name for ep in entry_points(group="rangefetch.commands"))})
+        extensions = ctx.find_object(Extensions) or Extensions()
+        return sorted({*super().list_commands(ctx), *extensions.commands})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
-        if command is None:
-            for ep in entry_points(group="rangefetch.commands", name=name):
-                loaded = ep.load()
-                return loaded if isinstance(loaded, click.Command) else None
+        extensions = ctx.find_object(Extensions) or Extensions()
+        if command is None and name in extensions.commands:
+            loaded = _load(extensions.commands[name])
+            return loaded if isinstance(loaded, click.Command) else None
         return command
 
 
@@ -381,7 +403,7 @@ def get(
             raise UsageError(f"with --redis the workers fetch: give {', '.join(given)} to the workers")
         if settings.redis_url:
             _distributable(files, dry_run=dry_run, as_json=as_json, allow_overwrite=allow_overwrite)
-            distributed = _plugin("distributed-get")
+            distributed = _distributed_get()
             code = await distributed(
                 files[0].url, output=files[0].output, directory=files[0].directory, settings=settings,
                 headers=extra, checksum=files[0].checksum, quiet=quiet,
@@ -461,21 +483,22 @@ async def _get_files(
     return 1
 
 
-def _plugin(name: str) -> Any:
-    """The callable another package registers under ``rangefetch.modes``.
+def _distributed_get() -> Any:
+    """``get --redis``'s coroutine function, from the program's ``Extensions``.
 
     Raises:
-        UsageError: no package provides it (the distributed mode is not installed).
+        UsageError: the program has none (the distributed layer is not part of it).
     """
-    for ep in entry_points(group="rangefetch.modes", name=name):
-        return ep.load()
-    raise UsageError(f"{name} is not available: install rangefetch with its producer package")
+    extensions = click.get_current_context().find_object(Extensions)
+    if extensions is None or extensions.distributed_get is None:
+        raise UsageError("get --redis is not available: this program has no distributed mode")
+    return _load(extensions.distributed_get)
 
 
-def main() -> None:
-    """Console entry point: click's own usage errors become one line too."""
+def main(extensions: Extensions | None = None) -> None:
+    """Run the command group with ``extensions``: click's own usage errors become one line too."""
     try:
-        cli.main(prog_name="rangefetch", standalone_mode=False)
+        cli.main(prog_name="rangefetch", standalone_mode=False, obj=extensions)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.format_message(), err=True)
         sys.exit(2)

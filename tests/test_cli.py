@@ -22,8 +22,8 @@ import pytest
 from byteranges import overlap, total
 from rangeserver import RangeServer, RequestRecord
 
-import producer.cli
-import worker.cli
+import rangefetch.producer.cli
+import rangefetch.worker.cli
 from rangefetch.cli import setup_logging
 
 DATA = os.urandom(1_000_000)
@@ -410,7 +410,8 @@ def test_secrets_in_the_url_never_reach_stderr(srv: RangeServer, tmp_path: Path,
 
 
 def test_one_logging_setup_for_every_command() -> None:
-    assert producer.cli.setup_logging is setup_logging and worker.cli.setup_logging is setup_logging
+    assert rangefetch.producer.cli.setup_logging is setup_logging
+    assert rangefetch.worker.cli.setup_logging is setup_logging
     script = (
         "import logging, sys\n"
         "from rangefetch.cli import setup_logging\n"

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from rangeserver import RangeServer, RequestRecord
 
-import worker.cli
+import rangefetch.worker.cli
 from rangefetch import Settings, UsageError, check_url
 
 DATA = os.urandom(1_000_000)
@@ -220,13 +220,13 @@ def test_the_worker_flags_reach_its_settings(monkeypatch: pytest.MonkeyPatch) ->
     async def serve(settings: Settings, **_: Any) -> None:
         seen.append(settings)
 
-    monkeypatch.setattr(worker.cli, "serve", serve)
+    monkeypatch.setattr(rangefetch.worker.cli, "serve", serve)
     monkeypatch.setenv("RANGEFETCH_RETRY__BACKOFF_MAX", "7")
     args = [
         "--redis", "redis://127.0.0.1:9", "--max-tries", "3", "--retry-wait", "0.25", "--connect-timeout", "2.5",
         "-A", "cluster/1", "--per-host-rate", "50M",
     ]  # fmt: skip
-    result = CliRunner().invoke(worker.cli.worker, args)
+    result = CliRunner().invoke(rangefetch.worker.cli.worker, args)
     assert result.exit_code == 0, result.output
     (settings,) = seen
     assert settings.retry.max_tries == 3 and settings.retry.backoff == 0.25

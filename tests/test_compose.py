@@ -16,7 +16,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ from rangeserver import RangeServer, RequestRecord
 
 from rangefetch import Settings
 from rangefetch.cli import cli
+from rangefetch.program import EXTENSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -78,7 +78,7 @@ def mounts(service: str) -> dict[str, str]:
 
 
 def commands() -> set[str]:
-    return set(cli.commands) | {ep.name for ep in entry_points(group="rangefetch.commands")}
+    return set(cli.commands) | set(EXTENSIONS.commands)
 
 
 def test_services() -> None:

@@ -26,14 +26,14 @@ from redis.asyncio import Redis
 from redisserver import RedisServer, free_port
 from starlette.applications import Starlette
 
-from producer.dashboard.app import create_app
-from producer.dashboard.metrics import render
-from producer.dashboard.poller import MAX_SAMPLES, Poller
-from producer.dashboard.snapshot import Pieces, piece_map, read_snapshot
 from rangefetch import Range
 from rangefetch.distributed.keys import sem_host
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store, WorkerInfo
+from rangefetch.producer.dashboard.app import create_app
+from rangefetch.producer.dashboard.metrics import render
+from rangefetch.producer.dashboard.poller import MAX_SAMPLES, Poller
+from rangefetch.producer.dashboard.snapshot import Pieces, piece_map, read_snapshot
 
 pytestmark = pytest.mark.redis
 
@@ -247,7 +247,7 @@ def test_cli_refuses_an_open_host_without_token(redis_url: str, download_dir: Pa
 
 def test_cli_names_the_missing_extra(redis_url: str, download_dir: Path) -> None:
     code = "import sys; sys.modules['starlette'] = None; sys.argv = ['rangefetch', 'dashboard']; "
-    code += "from rangefetch.cli import main; main()"
+    code += "from rangefetch.program import main; main()"
     env = worker_env(redis_url, download_dir)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2

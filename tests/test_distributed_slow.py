@@ -24,8 +24,8 @@ from rangeserver import RangeServer, RequestRecord
 from redis.asyncio import Redis
 from test_cli import assert_clean_failure
 
-from producer.monitor import format_status, statuses
 from rangefetch.distributed.store import Store
+from rangefetch.producer.monitor import format_status, statuses
 
 pytestmark = pytest.mark.redis
 

@@ -23,7 +23,7 @@ from distributed_helpers import WorkerProcess, worker_env
 from rangeserver import RangeServer, RequestRecord
 
 from rangefetch.plan import MiB
-from worker.handoff import (
+from rangefetch.worker.handoff import (
     MAX_HANDOFFS,
     MIN_AGE,
     MIN_PEERS,

@@ -29,13 +29,13 @@ from distributed_helpers import file_sha256, worker_env
 from proxyserver import TinyProxy
 from rangeserver import RangeServer
 
-from producer.enqueue import enqueue
-from producer.monitor import format_status, status
 from rangefetch import Settings, UsageError, make_client
 from rangefetch.distributed.keys import download_key
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store
-from worker.runtime import Runtime
+from rangefetch.producer.enqueue import enqueue
+from rangefetch.producer.monitor import format_status, status
+from rangefetch.worker.runtime import Runtime
 
 KiB = 1024
 DATA = os.urandom(320 * KiB)  # 5 ranges of 64 KiB

@@ -28,9 +28,9 @@ import pytest
 from rangeserver import RangeServer, RequestRecord
 from test_cli import assert_clean_failure
 
-import producer
 import rangefetch
-import worker
+import rangefetch.producer
+import rangefetch.worker
 from rangefetch import (
     MalformedResponseError,
     NoSpaceError,
@@ -387,7 +387,10 @@ def test_a_directory_at_the_final_path_keeps_the_verified_file(srv: RangeServer,
 # From the imports (about 0.4 s) through the probe into the download.  (Earlier,
 # Python itself is starting, which no program can change.)
 EARLIEST = ("rangefetch/__init__.py", "rangefetch/_startup.py")  # before the handler is in place
-CODE = tuple(str(Path(p).resolve().parent) + os.sep for p in (rangefetch.__file__, producer.__file__, worker.__file__))
+CODE = tuple(
+    str(Path(p).resolve().parent) + os.sep
+    for p in (rangefetch.__file__, rangefetch.producer.__file__, rangefetch.worker.__file__)
+)
 
 
 @pytest.mark.parametrize("delay", [0.1, 0.2, 0.3, 0.45, 0.7, 1.2])

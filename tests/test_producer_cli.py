@@ -18,9 +18,9 @@ from rangeserver import RangeServer
 from redis.asyncio import Redis
 from redisserver import RedisServer
 
-from producer.enqueue import download_id
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import Store
+from rangefetch.producer.enqueue import download_id
 
 pytestmark = pytest.mark.redis
 

@@ -13,7 +13,6 @@ import pytest
 from arq.constants import job_key_prefix
 from rangeserver import RangeServer
 
-from producer.enqueue import download_id, enqueue, resolve_target
 from rangefetch import (
     Checksum,
     PermanentError,
@@ -26,6 +25,7 @@ from rangefetch.distributed.keys import download_key
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import Store
 from rangefetch.plan import MAX_RANGES, MIN_REQUESTED_CHUNK, choose_chunk_size
+from rangefetch.producer.enqueue import download_id, enqueue, resolve_target
 
 CHUNK = MIN_REQUESTED_CHUNK  # the smallest --chunk-size there is (64 KiB)
 DATA = os.urandom(10 * CHUNK + 7)  # 11 ranges

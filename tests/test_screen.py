@@ -26,7 +26,7 @@ import pytest
 from distributed_helpers import worker_env
 from rangeserver import RangeServer
 
-from producer.enqueue import download_id
+from rangefetch.producer.enqueue import download_id
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 

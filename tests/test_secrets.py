@@ -37,15 +37,15 @@ from rangeserver import RangeServer, RequestRecord
 from redis.asyncio import Redis
 from test_cli import assert_success, run
 
-from producer.enqueue import enqueue
-from producer.monitor import format_status, status
-from producer.watch import watch
 from rangefetch import RemoteFile, RetryPolicy, Settings, download
 from rangefetch.distributed.keys import download_key
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.origin import headers_for, same_origin
 from rangefetch.plan import Range
+from rangefetch.producer.enqueue import enqueue
+from rangefetch.producer.monitor import format_status, status
+from rangefetch.producer.watch import watch
 
 NAME = "secret.bin"
 DATA = os.urandom(600_000)

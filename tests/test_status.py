@@ -12,18 +12,6 @@ import fakeredis
 import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from producer.monitor import (
-    cancel,
-    follow,
-    format_status,
-    format_workers,
-    outcome,
-    scrub,
-    status,
-    statuses,
-    worker_record,
-)
-from producer.watch import watch
 from rangefetch import (
     CancelledDownloadError,
     DownloadError,
@@ -37,6 +25,18 @@ from rangefetch.distributed.keys import download_key
 from rangefetch.distributed.queue import enqueue_jobs, finalize_job, range_job
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store, WorkerInfo
+from rangefetch.producer.monitor import (
+    cancel,
+    follow,
+    format_status,
+    format_workers,
+    outcome,
+    scrub,
+    status,
+    statuses,
+    worker_record,
+)
+from rangefetch.producer.watch import watch
 
 SECRET_URL = "https://alice:hunter22@example.com/big.iso?X-Amz-Signature=abcdef123&token=tok456&part=1"
 SECRETS = ("hunter22", "abcdef123", "tok456", "Bearer-xyz789")

@@ -35,18 +35,18 @@ from test_worker_unit import (
     sha,
 )
 
-import worker.finalize
-import worker.jobs
-import worker.verifier
-from producer.monitor import follow
+import rangefetch.worker.finalize
+import rangefetch.worker.jobs
+import rangefetch.worker.verifier
 from rangefetch.distributed import keys
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.plan import Range
-from worker.files import RangeDigest, hash_file, hash_prefix, hash_range
-from worker.finalize import finalize_job
-from worker.runtime import Runtime
-from worker.verifier import start_verifier
+from rangefetch.producer.monitor import follow
+from rangefetch.worker.files import RangeDigest, hash_file, hash_prefix, hash_range
+from rangefetch.worker.finalize import finalize_job
+from rangefetch.worker.runtime import Runtime
+from rangefetch.worker.verifier import start_verifier
 
 ID = "dl1"  # the id ``record`` gives its download
 LEASE = keys.download_key(ID, "verifier")
@@ -95,14 +95,14 @@ def full_passes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         calls.append(path)
         return await real(path, *args, **kwargs)
 
-    monkeypatch.setattr(worker.finalize, "hash_file", counting)
+    monkeypatch.setattr(rangefetch.worker.finalize, "hash_file", counting)
     return calls
 
 
 @pytest.fixture
 def quick_wake(monkeypatch: pytest.MonkeyPatch) -> None:
     """The verifier looks at its download every 50 ms when no range finishes (not 1 s), so stops are seen soon."""
-    monkeypatch.setattr(worker.verifier, "WAKE", 0.05)
+    monkeypatch.setattr(rangefetch.worker.verifier, "WAKE", 0.05)
 
 
 async def finished(task: asyncio.Task[None], timeout: float = 2.0) -> None:
@@ -214,7 +214,7 @@ async def test_verifier_follows_ranges_in_file_order(rt: Runtime, monkeypatch: p
 
 async def test_verifier_hears_of_each_finished_range(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     """A finished range wakes the waiting verifier at once (``keys.done_channel``), not at its next look."""
-    monkeypatch.setattr(worker.verifier, "WAKE", 30.0)
+    monkeypatch.setattr(rangefetch.worker.verifier, "WAKE", 30.0)
     spec = await record(rt)
     r0, r1, *rest = ranges()
     await fetch(rt, r0)
@@ -495,7 +495,7 @@ def read_backs(monkeypatch: pytest.MonkeyPatch) -> list[Range]:
         calls.append(rng)
         return await real(path, rng)
 
-    monkeypatch.setattr(worker.jobs, "hash_range", counting)
+    monkeypatch.setattr(rangefetch.worker.jobs, "hash_range", counting)
     return calls
 
 

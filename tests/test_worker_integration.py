@@ -47,10 +47,10 @@ from rangefetch.distributed.connections import redis_settings
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.plan import Range
-from worker.cli import serve
-from worker.finalize import sweep_job
-from worker.jobs import fetch_range_job
-from worker.runtime import RUNTIME_KEY, Runtime
+from rangefetch.worker.cli import serve
+from rangefetch.worker.finalize import sweep_job
+from rangefetch.worker.jobs import fetch_range_job
+from rangefetch.worker.runtime import RUNTIME_KEY, Runtime
 
 pytestmark = pytest.mark.redis
 
@@ -285,7 +285,7 @@ async def test_worker_restarts_when_its_loop_dies_with_redis(
     redis_server: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="worker.cli")
+    caplog.set_level(logging.INFO, logger="rangefetch.worker.cli")
     settings = quick_settings(redis_url, download_dir)
     fragile = redis_settings(settings)  # give up on Redis at once instead of after a minute
     fragile.retry = Retry(NoBackoff(), 1)

@@ -26,18 +26,18 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from distributed_helpers import quick_settings
 
-import worker.finalize
+import rangefetch.worker.finalize
 from rangefetch import JobLimits, PartFile, RemoteChangedError, RetriesExhaustedError, VerificationError, plan_ranges
 from rangefetch.distributed import keys
 from rangefetch.distributed.queue import enqueue_jobs, now_ms, range_job
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.plan import Range
-from worker.files import hash_file
-from worker.finalize import QUEUED_GRACE, finalize_job, sweep_job
-from worker.jobs import fetch_range_job, host_key
-from worker.runtime import RUNTIME_KEY, Runtime
-from worker.settings import MAX_TRIES, create_worker, queue_read_limit, worker_settings
+from rangefetch.worker.files import hash_file
+from rangefetch.worker.finalize import QUEUED_GRACE, finalize_job, sweep_job
+from rangefetch.worker.jobs import fetch_range_job, host_key
+from rangefetch.worker.runtime import RUNTIME_KEY, Runtime
+from rangefetch.worker.settings import MAX_TRIES, create_worker, queue_read_limit, worker_settings
 
 URL = "http://files.test/f.bin"
 HOST = host_key(URL)
@@ -430,7 +430,7 @@ async def test_a_finalizer_whose_guard_went_to_another_changes_nothing(
     spec = await record(rt)
     await fetch_all(rt)
     guard = keys.download_key(spec.id, "finalize")
-    real = worker.finalize.hash_file
+    real = rangefetch.worker.finalize.hash_file
 
     async def stalled_hash(*args: Any, **kwargs: Any) -> Any:
         # While it hashes, its guard lapses and another finalizer takes it (a stop of the
@@ -439,7 +439,7 @@ async def test_a_finalizer_whose_guard_went_to_another_changes_nothing(
         await asyncio.sleep(rt.settings.jobs.lease * 1.5)
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(worker.finalize, "hash_file", stalled_hash)
+    monkeypatch.setattr(rangefetch.worker.finalize, "hash_file", stalled_hash)
     with pytest.raises(Retry):  # it gives up, to look again one lease later
         await finalize(rt)
     assert await rt.redis.get(guard) == b"another-finalizer"  # neither renewed nor released by it

@@ -7,5 +7,6 @@ cron job (``finalize.py``); ``runtime.py`` holds the per-process state
 (the httpx clients, the ``Store``, leases, the heartbeat), ``files.py``
 the ``.part`` file handling and hashing, and ``handoff.py`` the rule by
 which a straggling range run hands its range to another connection.
-Everything here imports only from ``rangefetch``.
+Everything here imports only from ``rangefetch``; installed as
+``rangefetch.worker`` (``rangefetch/worker`` links to this folder).
 """

@@ -1,6 +1,6 @@
 """``rangefetch worker``: run an arq worker that fetches ranges and finalizes downloads.
 
-Registered in the ``rangefetch.commands`` entry point group.  It builds the
+Named by the program (``rangefetch.program``), imported on first use.  It builds the
 settings once, configures logging (never header values, never the Redis
 settings, whose repr holds the password) and runs the worker until SIGTERM
 or SIGINT, or until the queue is empty with ``--burst``.

@@ -1,4 +1,4 @@
-"""``rangefetch dashboard``: serve the web page and the metrics (a ``rangefetch.commands`` entry point).
+"""``rangefetch dashboard``: serve the web page and the metrics (named by ``rangefetch.program``).
 
 This module imports only click and rangefetch, so ``rangefetch --help``
 works without the ``dashboard`` extra; the command itself says which
