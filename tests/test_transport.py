@@ -1,4 +1,4 @@
-"""The fast path (rangefetch/backend.py, rangefetch/transport.py) against the real range server.
+"""The fast path (rangefetch/backend.py, tlsstream.py, directpool.py, bodypath.py, transport.py) on a real server.
 
 Three layers: the network backend on its own (reads, timeouts, errors, TLS
 refusal); the transport through an ``httpx.AsyncClient`` with the body fast
@@ -34,6 +34,7 @@ from rangefetch import (
     Timeouts,
     TLSError,
     Trust,
+    bodypath,
     download,
     make_client,
     ssl_context,
@@ -235,7 +236,7 @@ PATHS = ["fast", "fast_h11", "plain"]  # fast_h11: the fallback when the private
 
 def path_settings(monkeypatch: pytest.MonkeyPatch, which: str, **values: Any) -> Settings:
     if which == "fast_h11":
-        monkeypatch.setattr(fast, "BODY_FAST_PATH", False)
+        monkeypatch.setattr(bodypath, "BODY_FAST_PATH", False)
     values = {"connections": 4, "chunk_size": 256 * 1024, "retry": FAST_RETRY, **values}
     return Settings(fast_path=which != "plain", **values)
 
@@ -265,19 +266,19 @@ async def test_download_etag_change(
 
 
 def test_probe_passes_on_the_pinned_versions() -> None:
-    assert fast.BODY_FAST_PATH, fast.UNAVAILABLE_BECAUSE
-    assert httpcore.__version__ in fast.TESTED_HTTPCORE
+    assert bodypath.BODY_FAST_PATH, bodypath.UNAVAILABLE_BECAUSE
+    assert httpcore.__version__ in bodypath.TESTED_HTTPCORE
 
 
 def test_probe_reports_a_missing_private_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(httpcore.AsyncHTTP11Connection, "_receive_response_body")
-    reader, why = fast._probe_body_fast_path()
+    reader, why = bodypath._probe_body_fast_path()
     assert reader is None and why is not None and "_receive_response_body" in why
 
 
 def test_probe_reports_an_untested_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(httpcore, "__version__", "1.0.99")
-    reader, why = fast._probe_body_fast_path()
+    reader, why = bodypath._probe_body_fast_path()
     assert reader is None and why is not None and "1.0.99" in why
 
 
@@ -289,12 +290,12 @@ def test_probe_reports_changed_h11_internals(monkeypatch: pytest.MonkeyPatch) ->
             self.length = length
 
     monkeypatch.setattr(h11._readers, "ContentLengthReader", Renamed)
-    reader, why = fast._probe_body_fast_path()
+    reader, why = bodypath._probe_body_fast_path()
     assert reader is None and why is not None and "AttributeError" in why
 
 
 def test_forcing_an_unavailable_body_fast_path_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast, "BODY_FAST_PATH", False)
+    monkeypatch.setattr(bodypath, "BODY_FAST_PATH", False)
     with pytest.raises(ValueError, match="not available"):
         fast.FastTransport(limits=httpx.Limits(), read_size=65536, ssl_context=CONTEXT, body_fast_path=True)
     assert fast.FastTransport(limits=httpx.Limits(), read_size=65536, ssl_context=CONTEXT).body_fast_path is False
@@ -307,7 +308,7 @@ def test_import_falls_back_on_an_untested_version(srv: RangeServer, tmp_path: Pa
     script = f"""
 import httpcore
 httpcore.__version__ = "1.0.99"
-import rangefetch, rangefetch.transport as t
+import rangefetch, rangefetch.bodypath as t
 assert not t.BODY_FAST_PATH and "1.0.99" in t.UNAVAILABLE_BECAUSE
 s = rangefetch.Settings(connections=4, chunk_size=256 * 1024)
 r = rangefetch.download_sync({srv.url("small")!r}, {str(tmp_path / "out")!r}, settings=s)
