@@ -40,13 +40,10 @@ Anyone who can read that Redis can read what is stored (README, "Secrets").
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +62,11 @@ from rangefetch import (
     UnknownSizeError,
     UnsafePathError,
     UsageError,
-    allocate,
     check_url,
     choose_chunk_size,
     make_client,
     output_candidates,
+    partfile,
     plan_ranges,
     probe,
     redact_url,
@@ -88,7 +85,6 @@ __all__ = ["DISTRIBUTED_RANGES_PER_CONNECTION", "Enqueued", "download_id", "enqu
 
 log = logging.getLogger(__name__)
 
-LOCK_TIMEOUT = 30.0  # seconds to wait for another producer enqueuing the same file
 # Without --chunk-size, twice embedded mode's ranges per connection: the
 # early verifier's tail is the last wave of ranges (they finish together and
 # the file's sha256 must take them in order after the first of them), so
@@ -206,7 +202,7 @@ async def enqueue(
     found = await asyncio.to_thread(existing_output, final, size=size, last_modified=remote.last_modified)
     if found is not None:  # the finalizer would not replace it (PartFile.commit): say so now, not after the download
         raise OutputExistsError(f"{final} already exists and {found.why}: not replaced; move it away to download again")
-    async with _locked(PartFile(final).part) as fd:
+    async with partfile.locked(PartFile(final).part) as fd:  # one producer at a time per file
         state = await store.state(did)  # another producer may have been first
         if state is not None and not state.finished:
             return await _enqueue_missing(store, settings, did, final)
@@ -215,7 +211,7 @@ async def enqueue(
         keep = False
         if current is not None and state is not DownloadState.COMPLETE:
             why = _mismatch(current, remote)
-            keep = why is None and await asyncio.to_thread(_size_of, fd) == size
+            keep = why is None and await asyncio.to_thread(partfile.size_of, fd) == size
             if keep:
                 chunk = current.chunk_size
             else:
@@ -326,50 +322,18 @@ def _mismatch(spec: DownloadSpec, remote: RemoteFile) -> str | None:
     return None
 
 
-@contextlib.asynccontextmanager
-async def _locked(part: Path, *, timeout: float = LOCK_TIMEOUT) -> AsyncIterator[int]:
-    """Open (creating) ``part`` and hold an exclusive lock on it: one producer at a time per file.
+def _allocate(fd: int, size: int) -> None:
+    """Empty the file and give it ``size`` bytes, durably, so workers can write anywhere in it.
 
     Raises:
-        DownloadError: the file cannot be created, or stays locked for ``timeout`` seconds.
+        NoSpaceError: it does not fit (it is left empty).
+        DownloadError: the file system refused otherwise.
     """
-    fd = await asyncio.to_thread(_open, part)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DownloadError(f"{part} stays locked by another rangefetch") from None
-                await asyncio.sleep(0.1)
-        yield fd
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _open(part: Path) -> int:
-    try:
-        part.parent.mkdir(parents=True, exist_ok=True)
-        # Never through a symlink: truncating its target would clobber a file elsewhere.
-        return os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise DownloadError(f"cannot create {part}: {exc.strerror}") from exc
-
-
-def _allocate(fd: int, size: int) -> None:
-    """Empty the file and give it ``size`` bytes, so workers can write anywhere in it."""
-    try:
-        os.ftruncate(fd, 0)
-        allocate(fd, size)
+        partfile.reset(fd, size)
         os.fsync(fd)
     except OSError as exc:
         raise DownloadError(f"cannot allocate {size} bytes: {exc.strerror}") from exc
-
-
-def _size_of(fd: int) -> int:
-    return os.fstat(fd).st_size
 
 
 async def _exists(path: Path) -> bool:

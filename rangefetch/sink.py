@@ -25,7 +25,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import logging
 import os
 import queue
@@ -37,8 +36,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 
-from .display import format_bytes
+from . import partfile
 from .errors import DownloadError, NoSpaceError, OutputExistsError
+from .partfile import allocate, check_space  # here too: they were sink's before partfile had them
 
 __all__ = ["Existing", "FileWriter", "PartFile", "allocate", "check_space", "existing_output", "http_time"]
 
@@ -51,56 +51,6 @@ WRITE_BUDGET = 4 * 1024 * 1024
 MAX_PWRITE = 512 * 1024  # bytes per pwrite call: keeps each syscall short
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-
-
-def check_space(fd: int, size: int) -> None:
-    """Check that the file system of ``fd`` has room for the file to hold ``size`` bytes.
-
-    What the file already has allocated counts; what it still needs is
-    compared with the space free for unprivileged users (``statvfs``'s
-    ``f_bavail``).  A file system that reports no size at all is not judged.
-
-    Raises:
-        NoSpaceError: too little free space ("needs X, Y free").
-    """
-    stat, fs = os.fstat(fd), os.fstatvfs(fd)
-    if fs.f_blocks == 0:  # some virtual and network file systems report nothing
-        return
-    needed = size - stat.st_blocks * 512
-    free = fs.f_bavail * fs.f_frsize
-    if needed > free:
-        raise NoSpaceError(f"not enough free space: needs {format_bytes(needed)}, {format_bytes(free)} free")
-
-
-def allocate(fd: int, size: int) -> None:
-    """Give the file at ``fd`` the length ``size``, reserving the blocks where possible.
-
-    The free space is checked first (``check_space``), so a file that cannot
-    fit fails at once instead of filling the disk.  ``fallocate(2)`` then
-    reserves the space up front (no ENOSPC half-way, less fragmentation);
-    when it runs out of space all the same (another writer was faster), the
-    blocks it got before ENOSPC, which ext4 keeps, are given back by cutting
-    the file to its old length.  Where the filesystem cannot preallocate, a
-    sparse ``ftruncate`` sets the length; glibc's ``posix_fallocate``
-    emulation, which writes every block, is avoided on purpose.
-
-    Raises:
-        NoSpaceError: the file does not fit.
-        OSError: the file system refused otherwise.
-    """
-    if size > 0:
-        check_space(fd, size)
-        fallocate = getattr(_libc, "fallocate", None)
-        if fallocate is not None:
-            fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-            before = os.fstat(fd).st_size
-            if fallocate(fd, 0, 0, size) != 0:
-                err = ctypes.get_errno()
-                if err in (errno.ENOSPC, errno.EDQUOT):
-                    os.ftruncate(fd, before)
-                    raise NoSpaceError(f"not enough free space for {format_bytes(size)}: {os.strerror(err)}")
-                log.debug("fallocate failed (%s); using ftruncate", os.strerror(err))
-    os.ftruncate(fd, size)
 
 
 class FileWriter:
@@ -263,25 +213,17 @@ class PartFile:
                 nothing is left behind.
             DownloadError: the file cannot be created.
         """
-        try:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            # O_NOFOLLOW: a symlink planted at NAME.part must not redirect the writes.
-            fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            raise DownloadError(f"cannot create {self.part}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+        fd = partfile.create(self.part)
+        if not partfile.try_lock(fd):
             os.close(fd)
-            raise DownloadError(f"another rangefetch is already downloading to {self.part}") from exc
+            raise DownloadError(f"another rangefetch is already downloading to {self.part}")
         try:
-            if keep and size is not None and os.fstat(fd).st_size == size:
+            if keep and size is not None and partfile.size_of(fd) == size:
                 return fd
             # A stale record next to an emptied file would let a later rerun
             # "resume" ranges whose bytes are gone and deliver a corrupt file.
             self.record.unlink(missing_ok=True)
-            os.ftruncate(fd, 0)
-            allocate(fd, size or 0)
+            partfile.reset(fd, size or 0)
         except (OSError, DownloadError) as exc:
             # The file was emptied above and holds nothing worth keeping.
             with contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 
 ``hash_fd`` hashes a file in one pass; ``PrefixHasher`` hashes it while it is
 being written, so that little is left to hash once the last byte lands.
+``read_blocks`` is the read loop under both, and under the workers' hashing.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import hmac
 import os
 import re
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from .errors import UsageError, VerificationError
+from .errors import DownloadError, UsageError, VerificationError
 
-__all__ = ["ALGORITHMS", "Checksum", "PrefixHasher", "hash_fd", "verify_size"]
+__all__ = ["ALGORITHMS", "HASH_BLOCK", "Checksum", "PrefixHasher", "hash_fd", "read_blocks", "verify_size"]
 
 ALGORITHMS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 HASH_BLOCK = 1024 * 1024
@@ -82,19 +84,39 @@ async def hash_fd(fd: int, algorithms: set[str], *, start: int = 0, length: int 
 
 def _hash_blocking(fd: int, algorithms: list[str], start: int, length: int | None) -> dict[str, str]:
     hashers = [hashlib.new(a) for a in algorithms]
-    buf = bytearray(HASH_BLOCK)
-    view = memoryview(buf)
-    offset = start
     remaining = length if length is not None else os.fstat(fd).st_size - start
-    while remaining > 0:
-        n = os.preadv(fd, [view[: min(HASH_BLOCK, remaining)]], offset)
-        if n == 0:
-            break
+    for block in read_blocks(fd, start, remaining, [memoryview(bytearray(HASH_BLOCK))]):
         for h in hashers:
-            h.update(view[:n])
-        offset += n
-        remaining -= n
+            h.update(block)
     return {a: h.hexdigest() for a, h in zip(algorithms, hashers, strict=True)}
+
+
+def read_blocks(
+    fd: int, start: int, length: int, buffers: Sequence[memoryview], *, stop: threading.Event | None = None
+) -> Iterator[memoryview]:
+    """Read bytes ``start .. start+length`` of ``fd`` block by block: the read loop of every hash of a file.
+
+    Each block is read into the next of ``buffers`` in turn (as much as it
+    holds) and yielded as a view of it, valid until that buffer comes round
+    again: with two, one block can be hashed in another thread while the
+    next is read.  Ends early at the end of the file; the caller can tell
+    by the bytes it got.  Blocking.
+
+    Raises:
+        DownloadError: ``stop`` was set before a read ("hashing stopped").
+        OSError: a read failed.
+    """
+    turn, offset, end = 0, start, start + length
+    while offset < end:
+        if stop is not None and stop.is_set():
+            raise DownloadError("hashing stopped")
+        view = buffers[turn]
+        turn = (turn + 1) % len(buffers)
+        n = os.preadv(fd, [view[: min(len(view), end - offset)]], offset)
+        if n == 0:
+            return
+        yield view[:n]
+        offset += n
 
 
 class PrefixHasher:
@@ -200,12 +222,7 @@ class PrefixHasher:
             self._stale = True
 
     def _hash(self, start: int, end: int) -> None:
-        view = self._view
         hashers = self._hashers
-        while start < end:
-            n = os.preadv(self._fd, [view[: min(len(view), end - start)]], start)
-            if n == 0:
-                break
+        for block in read_blocks(self._fd, start, end - start, [self._view]):
             for h in hashers:
-                h.update(view[:n])
-            start += n
+                h.update(block)

@@ -3,10 +3,11 @@
 Workers only ever touch ``spec.path`` re-resolved inside their own download
 directory (``resolve_output(..., confine=True)``), whatever the enqueue
 request said, and open the producer's ``.part`` file without creating,
-truncating or following a symlink.  Hashing reads the file back from disk
-in a thread with its own descriptor, so a cancelled job can close its
-descriptors while the thread finishes; a stop flag makes the thread quit
-early.
+truncating or following a symlink (``open_part``, which is
+``rangefetch.partfile.open_existing``).  Hashing reads the file back from
+disk (``rangefetch.verify.read_blocks``) in a thread with its own
+descriptor, so a cancelled job can close its descriptors while the thread
+finishes; a stop flag makes the thread quit early.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from rangefetch import DownloadError, PartFile, VerificationError, resolve_output
 from rangefetch.distributed.store import DownloadSpec
+from rangefetch.partfile import open_existing as open_part
+from rangefetch.partfile import open_for_reading
 from rangefetch.plan import Range
+from rangefetch.verify import HASH_BLOCK, read_blocks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,8 +47,6 @@ __all__ = [
     "open_part",
     "part_path",
 ]
-
-HASH_BLOCK = 1024 * 1024
 
 
 class Hasher(Protocol):
@@ -88,25 +90,6 @@ def part_path(download_dir: Path, spec: DownloadSpec) -> Path:
     return PartFile(resolve_output(download_dir, spec.path, confine=True)).part
 
 
-def open_part(path: Path, size: int) -> int:
-    """Open the producer's ``.part`` file for writing: never create, truncate or follow a symlink.
-
-    Raises:
-        DownloadError: it is missing, cannot be opened, or has the wrong size.
-    """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise DownloadError(f"part file missing: {path.name}") from None
-    except OSError as exc:
-        raise DownloadError(f"cannot open {path.name}: {exc.strerror}") from exc
-    actual = os.fstat(fd).st_size
-    if actual != size:
-        os.close(fd)
-        raise DownloadError(f"part file {path.name} has {actual} bytes, expected {size}")
-    return fd
-
-
 async def hash_range(path: Path, rng: Range) -> str:
     """The ``RangeDigest`` of ``rng``'s bytes in the file at ``path``, read in a thread.
 
@@ -131,18 +114,6 @@ async def hash_prefix(path: Path, rng: Range, length: int) -> RangeDigest:
         return RangeDigest()
     # A CRC-32's whole state is its value, so the prefix's digest goes on from there.
     return RangeDigest(int(await hash_range(path, Range(rng.start, rng.start + length - 1)), 16))
-
-
-def open_for_reading(path: Path) -> int:
-    """A read-only descriptor of ``path``.
-
-    Raises:
-        DownloadError: it cannot be opened.
-    """
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise DownloadError(f"cannot read {path.name}: {exc.strerror}") from exc
 
 
 def hash_window_at(
@@ -195,10 +166,11 @@ def feed(
 ) -> None:
     """Read ``rng`` from ``fd`` once, feeding every block to ``here`` and ``there``.
 
-    Blocking.  hashlib and zlib release the GIL on large buffers, so with a ``pool``
-    the ``there`` updates of one block run in its thread while this one
-    updates ``here``: two buffers, each refilled only after the update that
-    read it has finished.  Every update has finished when this returns.
+    Blocking; the reads are ``rangefetch.verify.read_blocks``.  hashlib and
+    zlib release the GIL on large buffers, so with a ``pool`` the ``there``
+    updates of one block run in its thread while this one updates ``here``:
+    two buffers, each refilled only after the update that read it has
+    finished.  Every update has finished when this returns.
 
     Raises:
         VerificationError: the file ends inside ``rng``.
@@ -211,17 +183,9 @@ def feed(
             h.update(chunk)
 
     pending: Future[None] | None = None
-    turn, offset, remaining = 0, rng.start, rng.length
+    got = 0
     try:
-        while remaining > 0:
-            if stop.is_set():
-                raise DownloadError("hashing stopped")
-            view = views[turn]
-            turn = (turn + 1) % len(views)
-            n = os.preadv(fd, [view[: min(HASH_BLOCK, remaining)]], offset)
-            if n == 0:
-                raise VerificationError(f"{name} ends inside range {rng}", range=rng)
-            chunk = view[:n]
+        for chunk in read_blocks(fd, rng.start, rng.length, views, stop=stop):
             if pending is not None:
                 pending.result()  # the other buffer is free again
                 pending = None
@@ -231,13 +195,14 @@ def feed(
                 update_there(chunk)
             for h in here:
                 h.update(chunk)
-            offset += n
-            remaining -= n
+            got += len(chunk)
     except OSError as exc:
         raise DownloadError(f"cannot read {name}: {exc.strerror}") from exc
     finally:
         if pending is not None:
             pending.result()
+    if got < rng.length:
+        raise VerificationError(f"{name} ends inside range {rng}", range=rng)
 
 
 class Hashed(NamedTuple):
