@@ -104,7 +104,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HARD_STOP_MARGIN = 0.1  # a job's hard stop comes this share of its arq timeout before it
-HEARTBEAT_INTERVAL = 5.0  # seconds; Store.HEARTBEAT_TTL (30 s) is the grace period
+HEARTBEAT_INTERVAL = 5.0  # seconds; workers.HEARTBEAT_TTL (30 s) is the grace period
 SETTINGS_KEY = "rangefetch_settings"  # ctx key the worker settings put the Settings under
 RUNTIME_KEY = "rangefetch"
 
