@@ -73,7 +73,7 @@ from rangefetch import (
     resolve_output,
 )
 from rangefetch.display import format_bytes
-from rangefetch.distributed.queue import enqueue_finalizer, enqueue_ranges
+from rangefetch.distributed.queue import enqueue_finalizer, enqueue_ranges, ranges_per_job
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store
 from rangefetch.network import read_ca_pem
@@ -207,13 +207,15 @@ async def enqueue(
         if state is not None and not state.finished:
             return await _enqueue_missing(store, settings, did, final)
         chunk = _chunk_size(size, settings)
+        ranges = len(plan_ranges(size, chunk))
+        job_ranges = ranges_per_job(ranges, chunk, settings.jobs.per_download)
         current = await store.spec(did)
         keep = False
         if current is not None and state is not DownloadState.COMPLETE:
             why = _mismatch(current, remote)
             keep = why is None and await asyncio.to_thread(partfile.size_of, fd) == size
-            if keep:
-                chunk = current.chunk_size
+            if keep:  # the same ranges and cells: the progress recorded is theirs
+                chunk, ranges, job_ranges = current.chunk_size, current.ranges, current.job_ranges
             else:
                 log.warning("download %s starts over: %s", did, why or "its .part file is missing")
         if not keep:
@@ -225,7 +227,7 @@ async def enqueue(
             size=size,
             path=path,
             chunk_size=chunk,
-            ranges=len(plan_ranges(size, chunk)),
+            ranges=ranges,
             connections=settings.connections,
             etag=remote.etag,
             last_modified=remote.last_modified,
@@ -234,6 +236,7 @@ async def enqueue(
             insecure=settings.insecure,
             ca_pem=ca_pem,
             limit_rate=settings.limit_rate,
+            job_ranges=job_ranges,
         )
         if current is None and await store.create(spec):
             state = DownloadState.QUEUED
@@ -266,7 +269,9 @@ async def _enqueue_todo(store: Store, settings: Settings, spec: DownloadSpec) ->
     done = await store.done_ranges(spec.id)
     todo = plan_ranges(spec.size, spec.chunk_size, skip=done)
     if todo:
-        return await enqueue_ranges(store.redis, settings.queue_name, spec.id, todo)
+        return await enqueue_ranges(
+            store.redis, settings.queue_name, spec.id, todo, cells=(spec.size, spec.job_bytes)
+        )
     return int(await enqueue_finalizer(store.redis, settings.queue_name, spec.id))
 
 

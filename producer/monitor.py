@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from rangefetch import CancelledDownloadError, DownloadError, Settings, UsageError, plan_ranges, redact_url
 from rangefetch.display import format_bytes, format_duration
 from rangefetch.distributed.keys import finalize_job_id, range_job_id, state_channel
-from rangefetch.distributed.queue import remove_jobs
+from rangefetch.distributed.queue import job_cells, remove_jobs
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import Store, WorkerInfo
 from rangefetch.progress import RetryNote, Tracker
@@ -239,5 +239,8 @@ async def cancel(store: Store, redis: Redis, settings: Settings, download_id: st
         raise UsageError(f"no download {download_id}")
     await store.set_state(download_id, DownloadState.CANCELLED, error="cancelled")
     ranges = plan_ranges(int(data["size"]), int(data["chunk_size"]))
-    ids = [range_job_id(download_id, r.start, r.end) for r in ranges] + [finalize_job_id(download_id)]
+    size, cell = int(data["size"]), int(data["chunk_size"]) * int(data.get("job_ranges") or 1)
+    cells = [range_job_id(download_id, span.start, span.end) for span, _ in job_cells(size, cell, ranges)]
+    singles = [range_job_id(download_id, r.start, r.end) for r in ranges]
+    ids = list(dict.fromkeys([*cells, *singles, finalize_job_id(download_id)]))
     return await remove_jobs(redis, settings.queue_name, ids)

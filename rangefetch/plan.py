@@ -44,6 +44,7 @@ __all__ = [
     "missing_ranges",
     "parse_size",
     "plan_ranges",
+    "ranges_in",
 ]
 
 KiB = 1024
@@ -156,6 +157,17 @@ def plan_ranges(size: int, chunk_size: int, *, skip: Iterable[Range] = ()) -> li
         raise ValueError("size must be >= 0 and chunk_size >= 1")
     done = set(skip)
     return [r for r in _cut(size, chunk_size) if r not in done]
+
+
+def ranges_in(span: Range, chunk_size: int) -> list[Range]:
+    """The planned ranges of ``chunk_size`` bytes that make up ``span`` (which starts where a range does).
+
+    A distributed range job covers a run of consecutive ranges (a job cell)
+    and fetches each in turn: the same ranges ``plan_ranges`` cut.
+    """
+    if chunk_size < 1 or span.start % chunk_size:
+        raise ValueError("span must start at a multiple of chunk_size >= 1")
+    return [Range(s, min(s + chunk_size - 1, span.end)) for s in range(span.start, span.end + 1, chunk_size)]
 
 
 def merge_ranges(ranges: Iterable[Range]) -> list[Range]:

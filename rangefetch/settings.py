@@ -151,6 +151,9 @@ class JobLimits(BaseModel):
     lease: float = Field(20.0, gt=0, description="seconds a dead worker's job, slots and guard stay claimed")
     slot_wait: float = Field(1.0, gt=0, description="mean delay before a job that found no free slot retries")
     max_attempts: int = Field(5, ge=1, description="range job runs in a row without progress before it fails")
+    per_download: int = Field(
+        64, ge=1, description="range jobs a download's ranges go to, at most: each fetches a run of ranges in turn"
+    )
     verify_early: bool = Field(
         True, description="a worker verifies and hashes finished ranges during the download, not after it"
     )

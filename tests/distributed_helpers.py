@@ -53,8 +53,9 @@ async def start_download(
     headers: Mapping[str, str] | None = None,
     download_id: str | None = None,
     enqueue: bool = True,
+    job_ranges: int = 1,
 ) -> DownloadSpec:
-    """Record a download of ``url`` to ``directory/name`` and enqueue its range jobs."""
+    """Record a download of ``url`` to ``directory/name`` and enqueue its range jobs (of ``job_ranges`` ranges)."""
     async with httpx.AsyncClient() as client:
         remote = await probe(client, url, headers=headers)
     assert remote.size is not None
@@ -75,10 +76,11 @@ async def start_download(
         last_modified=remote.last_modified,
         checksum=checksum,
         headers=dict(headers or {}),
+        job_ranges=job_ranges,
     )
     assert await Store(pool).create(spec)
     if enqueue:
-        await enqueue_ranges(pool, QUEUE, spec.id, ranges)
+        await enqueue_ranges(pool, QUEUE, spec.id, ranges, cells=(spec.size, spec.job_bytes))
     return spec
 
 

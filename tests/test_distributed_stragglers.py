@@ -167,7 +167,8 @@ def test_a_worker_logs_one_line_per_download_started_and_ended(
     assert not [line for line in lines if "Traceback" in line or PER_RANGE.search(line)]
     started = [line for line in lines if "started: " in line]
     assert len(started) == 2
-    assert re.search(r"INFO rangefetch\.worker\.\w+: download \w+ started: quiet\.bin \(8\.0 MiB, 8 ranges\)$", started[0])
+    quiet = r"INFO rangefetch\.worker\.\w+: download \w+ started: quiet\.bin \(8\.0 MiB, 8 ranges\)$"
+    assert re.search(quiet, started[0])
     assert "started: gone.bin (1.0 MiB, 1 range)" in started[1]
     assert len([line for line in lines if f"complete: quiet.bin (sha256 {SHA})" in line]) == 1
     assert len([line for line in lines if re.search(r"ERROR .*download \w+ failed: .*HTTP 404", line)]) == 1

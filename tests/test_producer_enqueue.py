@@ -243,4 +243,5 @@ async def test_a_chunk_size_that_cuts_too_many_ranges_is_grown(redis: fakeredis.
     spec = await Store(redis).spec(result.id)
     assert spec is not None
     assert spec.chunk_size == 2 * MIN_REQUESTED_CHUNK  # the smallest multiple of 64 KiB within MAX_RANGES
-    assert spec.ranges == result.added == MAX_RANGES // 2 + 1 <= MAX_RANGES
+    assert spec.ranges == MAX_RANGES // 2 + 1 <= MAX_RANGES
+    assert result.added == -(-spec.ranges // spec.job_ranges) <= settings.jobs.per_download  # runs of ranges

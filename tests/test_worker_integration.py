@@ -27,6 +27,7 @@ from arq import Retry as JobRetry
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from distributed_helpers import (
+    QUEUE,
     WorkerProcess,
     arq_pool,
     file_sha256,
@@ -150,6 +151,31 @@ async def test_sigkilled_worker_range_is_redone_from_its_progress(
     assert time.monotonic() - killed_at < 15  # lease (2 s) + startup + the rest of the bytes
     await check_complete(store, spec, download_dir)
     assert_resumed_exactly(server, "kill", seen, recorded)
+
+
+async def test_a_sigkilled_run_of_ranges_is_taken_up_from_each_range_s_progress(
+    server: RangeServer, pool: ArqRedis, download_dir: Path, start_worker: StartWorker
+) -> None:
+    server.add_file("cells", DATA)
+    url = server.url("cells", rate=100 * KiB)  # each 50 KiB range takes about half a second
+    spec = await start_download(pool, url, download_dir, name="cells.bin", chunk_size=50 * KiB, job_ranges=4)
+    assert spec.ranges == 16 and await pool.zcard(QUEUE) == 4  # four jobs, each a run of four ranges
+    store = Store(pool)
+
+    async def one_done_and_more_under_way() -> bool:
+        return await store.done_count(spec.id) >= 1 and await progressed(store, spec, at_least=2)
+
+    victim = start_worker("--concurrency", "8")
+    await wait_for(one_done_and_more_under_way, timeout=20)
+    victim.signal(signal.SIGKILL)
+    victim.proc.wait()
+    recorded = {r: await store.progress(spec.id, r) for r in plan_ranges(spec.size, spec.chunk_size)}
+    assert any(0 < done < r.length for r, done in recorded.items())
+    seen = len(range_offsets(server, "cells"))
+    start_worker("--concurrency", "8")
+    assert await wait_finished(store, spec.id, timeout=30) is DownloadState.COMPLETE
+    await check_complete(store, spec, download_dir, DATA)
+    assert_resumed_exactly(server, "cells", seen, recorded)
 
 
 async def test_sigterm_loses_and_double_counts_nothing(

@@ -15,6 +15,7 @@ import os
 import time
 import zlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,26 @@ from arq import Retry
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from distributed_helpers import quick_settings
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rangefetch.worker.finalize
 from rangefetch import JobLimits, PartFile, RemoteChangedError, RetriesExhaustedError, VerificationError, plan_ranges
 from rangefetch.distributed import keys
-from rangefetch.distributed.queue import enqueue_jobs, now_ms, range_job
+from rangefetch.distributed.queue import (
+    MAX_JOB_BYTES,
+    enqueue_jobs,
+    enqueue_ranges,
+    job_cells,
+    job_ids_of,
+    now_ms,
+    range_job,
+    ranges_per_job,
+)
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store
-from rangefetch.plan import Range
+from rangefetch.plan import Range, ranges_in
+from rangefetch.producer.monitor import cancel
 from rangefetch.worker.files import hash_file
 from rangefetch.worker.finalize import QUEUED_GRACE, finalize_job, sweep_job
 from rangefetch.worker.jobs import fetch_range_job, host_key
@@ -591,6 +604,123 @@ async def test_hash_file_gives_range_and_whole_file_digests(tmp_path: Path) -> N
     digests, whole = await hash_file(path, len(DATA), ranges(), {"sha256", "md5"})
     assert digests == [crc(DATA[r.start : r.end + 1]) for r in ranges()]
     assert whole == {"sha256": sha(DATA), "md5": hashlib.md5(DATA).hexdigest()}
+
+
+# -- multi-range jobs -------------------------------------------------------------
+#
+# One arq job fetches a run of consecutive ranges (a job cell).  The cells are
+# cut once, at enqueue (DownloadSpec.job_ranges), and every producer, the sweep
+# and cancel see the same cells.  A job reads its ranges' progress once, takes
+# its connection slot once, fetches each range from its recorded bytes and
+# marks the finished ones done in batches.
+
+JOB_RANGES = 3  # DATA's five ranges in two cells: three ranges, then two
+
+
+async def multi(rt: Runtime) -> DownloadSpec:
+    """``DATA``'s download, recorded with cells of ``JOB_RANGES`` ranges."""
+    spec = await record(rt)
+    spec = replace(spec, job_ranges=JOB_RANGES)
+    await rt.store.update_spec(spec)
+    loaded = await rt.store.spec(spec.id)
+    assert loaded is not None and loaded.job_ranges == JOB_RANGES and loaded.job_bytes == JOB_RANGES * CHUNK
+    return spec
+
+
+def cells(spec: DownloadSpec) -> list[Range]:
+    return [span for span, _ in job_cells(spec.size, spec.job_bytes, plan_ranges(spec.size, spec.chunk_size))]
+
+
+async def run_cell(rt: Runtime, spec: DownloadSpec, span: Range) -> None:
+    job_id = keys.range_job_id(spec.id, span.start, span.end)
+    await fetch_range_job(await ctx(rt, job_id), spec.id, span.start, span.end)
+
+
+@given(
+    size=st.integers(1, 10**9),
+    chunk=st.integers(64 * 1024, 64 * 1024 * 1024),
+    jobs=st.integers(1, 256),
+)
+def test_cells_cut_the_plan_into_runs_of_whole_ranges(size: int, chunk: int, jobs: int) -> None:
+    ranges = plan_ranges(size, chunk)
+    per_job = ranges_per_job(len(ranges), chunk, jobs)
+    assert per_job >= 1 and (per_job == 1 or per_job * chunk <= MAX_JOB_BYTES)
+    found = job_cells(size, chunk * per_job, ranges)
+    assert [r for span, _ in found for r in ranges_in(span, chunk)] == ranges  # every range once, in order
+    assert [r for _, rs in found for r in rs] == ranges
+    assert all(len(rs) <= per_job for _, rs in found)
+    if per_job < MAX_JOB_BYTES // chunk:  # the byte cap did not bind: at most ``jobs`` cells
+        assert len(found) <= jobs
+    for span, rs in found:
+        assert {tuple(job_ids_of("d", size, chunk * per_job, r))[0] for r in rs} == {
+            keys.range_job_id("d", span.start, span.end)
+        }
+
+
+async def test_one_job_fetches_its_run_and_marks_it_done(rt: Runtime, origin: Origin) -> None:
+    spec = await multi(rt)
+    first, second = cells(spec)
+    await rt.store.set_state(spec.id, DownloadState.RUNNING)
+    await run_cell(rt, spec, first)
+    done = plan_ranges(spec.size, spec.chunk_size)[:JOB_RANGES]
+    assert await rt.store.done_ranges(spec.id) == set(done)
+    assert origin.ranges == [f"bytes={r.start}-{r.end}" for r in done]  # one request per range, in order
+    assert part_bytes(rt)[: first.end + 1] == DATA[: first.end + 1]
+    digests = await rt.store.digests(spec.id)
+    assert {r: digests[r] for r in done} == {r: crc(DATA[r.start : r.end + 1]) for r in done}
+    await run_cell(rt, spec, second)
+    assert await rt.store.done_count(spec.id) == spec.ranges
+    assert part_bytes(rt) == DATA
+    assert await rt.redis.exists(job_key_prefix + keys.finalize_job_id(spec.id))  # the last batch enqueued it
+
+
+async def test_a_job_skips_done_ranges_and_resumes_a_partial_one(rt: Runtime, origin: Origin) -> None:
+    spec = await multi(rt)
+    first, _ = cells(spec)
+    r0, r1, r2 = ranges_in(first, spec.chunk_size)
+    part = rt.download_dir / "f.bin.part"
+    with part.open("r+b") as f:  # range 0 done by an earlier run, range 1 half written and recorded
+        f.seek(r0.start)
+        f.write(DATA[r0.start : r0.end + 1])
+        f.seek(r1.start)
+        f.write(DATA[r1.start : r1.start + 4000])
+    await rt.store.mark_done(spec.id, r0, crc(DATA[r0.start : r0.end + 1]))
+    await rt.store.set_progress(spec.id, r1, 4000)
+    await rt.store.set_state(spec.id, DownloadState.RUNNING)
+    await run_cell(rt, spec, first)
+    assert origin.ranges == [f"bytes={r1.start + 4000}-{r1.end}", f"bytes={r2.start}-{r2.end}"]
+    assert await rt.store.done_ranges(spec.id) == {r0, r1, r2}
+    assert part_bytes(rt)[: first.end + 1] == DATA[: first.end + 1]
+    digests = await rt.store.digests(spec.id)
+    assert digests[r1] == crc(DATA[r1.start : r1.end + 1])  # the digest covers the bytes of both runs
+
+
+async def test_a_cancelled_download_stops_its_runs_after_the_current_batch(rt: Runtime, origin: Origin) -> None:
+    spec = await multi(rt)
+    first, _ = cells(spec)
+    await rt.store.set_state(spec.id, DownloadState.CANCELLED, error="cancelled")
+    await run_cell(rt, spec, first)
+    assert origin.ranges == [] and await rt.store.done_count(spec.id) == 0
+
+
+async def test_the_sweep_enqueues_a_lost_cell_as_one_job(rt: Runtime) -> None:
+    spec = await multi(rt)
+    await rt.store.set_state(spec.id, DownloadState.RUNNING)
+    await sweep_job(await ctx(rt, "sweep:1"))
+    enqueued = {k.decode() for k in await rt.redis.keys(job_key_prefix + f"{spec.id}:*")}
+    assert enqueued == {job_key_prefix + keys.range_job_id(spec.id, s.start, s.end) for s in cells(spec)}
+    await sweep_job(await ctx(rt, "sweep:2"))  # a cell with a job is not lost
+    assert len(await rt.redis.keys(job_key_prefix + f"{spec.id}:*")) == len(cells(spec))
+
+
+async def test_cancel_removes_the_cell_jobs(rt: Runtime, redis: ArqRedis) -> None:
+    spec = await multi(rt)
+    queue = rt.settings.queue_name
+    ranges = plan_ranges(spec.size, spec.chunk_size)
+    assert await enqueue_ranges(redis, queue, spec.id, ranges, cells=(spec.size, spec.job_bytes)) == 2
+    assert await redis.zcard(queue) == 2
+    assert await cancel(rt.store, redis, rt.settings, spec.id) == 2
+    assert await redis.zcard(queue) == 0
 
 
 # -- sweep ----------------------------------------------------------------------

@@ -82,8 +82,7 @@ from rangefetch import (
     resolve_output,
 )
 from rangefetch.display import format_bytes
-from rangefetch.distributed import keys
-from rangefetch.distributed.queue import enqueue_finalizer, enqueue_ranges
+from rangefetch.distributed.queue import enqueue_finalizer, enqueue_ranges, job_ids_of
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec
 from rangefetch.plan import Range
@@ -325,7 +324,7 @@ async def _sweep_one(rt: Runtime, download_id: str, *, now: float) -> None:
     if state is not DownloadState.VERIFYING:
         lost = await _lost_ranges(rt, spec)
         if lost:
-            added = await enqueue_ranges(rt.redis, queue, download_id, lost)
+            added = await enqueue_ranges(rt.redis, queue, download_id, lost, cells=(spec.size, spec.job_bytes))
             log.warning(
                 "sweep: %s download %s: %d ranges had no job; %d enqueued", state, download_id, len(lost), added
             )
@@ -339,6 +338,6 @@ async def _lost_ranges(rt: Runtime, spec: DownloadSpec) -> list[Range]:
         return []
     async with rt.redis.pipeline(transaction=False) as pipe:
         for r in todo:
-            pipe.exists(job_key_prefix + keys.range_job_id(spec.id, r.start, r.end))
+            pipe.exists(*(job_key_prefix + i for i in job_ids_of(spec.id, spec.size, spec.job_bytes, r)))
         exists = await pipe.execute()
     return [r for r, e in zip(todo, exists, strict=True) if not e]

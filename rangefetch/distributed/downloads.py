@@ -49,6 +49,12 @@ class DownloadSpec:
     insecure: bool = False
     ca_pem: str | None = field(default=None, repr=False)  # long: kept out of log lines
     limit_rate: int = 0  # bytes/s over the whole cluster (--limit-rate); 0: no limit
+    job_ranges: int = 1  # consecutive ranges one range job fetches (queue.ranges_per_job)
+
+    @property
+    def job_bytes(self) -> int:
+        """The bytes one range job covers: its cell (``queue.job_cells``)."""
+        return self.chunk_size * self.job_ranges
 
     def fields(self) -> dict[str, str]:
         """The hash fields to store (headers and the CA certificates go elsewhere)."""
@@ -137,6 +143,7 @@ class DownloadRecords(RedisAccess):
             insecure=data.get("insecure") == "1",
             ca_pem=_s(ca_pem) if ca_pem is not None else None,
             limit_rate=int(data.get("limit_rate") or 0),
+            job_ranges=int(data.get("job_ranges") or 1),
         )
 
     async def state_rev(self, download_id: str) -> tuple[DownloadState | None, str | None]:

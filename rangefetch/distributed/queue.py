@@ -98,6 +98,8 @@ __all__ = [
     "enqueue_ranges",
     "fair_scores",
     "finalize_job",
+    "job_cells",
+    "job_ids_of",
     "now_ms",
     "queue_head",
     "range_job",
@@ -110,6 +112,11 @@ FINALIZE = "finalize"
 BATCH = 1000
 RESTORE_TIMEOUT = 2.0  # seconds a job's end may wait to give its queue place back
 JOB_TTL_MS = 7 * 86_400_000
+# Multi-range jobs: a download's ranges go to at most ``Settings.jobs.per_download``
+# jobs, each a run of consecutive ranges (a job cell) fetched one after another
+# on one connection slot, so arq's cost of a job (some 20 commands) and the slot
+# claim are paid once per run, not once per range.
+MAX_JOB_BYTES = 64 * 1024 * 1024  # a cell is at most this long (unless one range is longer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +140,46 @@ class Job:
 def range_job(download_id: str, rng: Range) -> Job:
     """The ``fetch_range(download_id, start, end)`` job of one range."""
     return Job(range_job_id(download_id, rng.start, rng.end), FETCH_RANGE, (download_id, rng.start, rng.end), str(rng))
+
+
+def ranges_per_job(ranges: int, chunk_size: int, jobs: int) -> int:
+    """How many consecutive ranges one job of a download fetches, for ``ranges`` ranges in at most ``jobs`` jobs.
+
+    Decided once, at enqueue, and kept in the download's spec
+    (``DownloadSpec.job_ranges``), so every producer, the sweep and
+    ``cancel`` cut the download into the same cells (``job_cells``) and a
+    cell's job id is the same whoever enqueues it.
+    """
+    return max(1, min(-(-ranges // jobs), MAX_JOB_BYTES // chunk_size))
+
+
+def job_cells(size: int, cell: int, ranges: Iterable[Range]) -> list[tuple[Range, list[Range]]]:
+    """``ranges`` grouped by the job cell they fall in: (the cell's span, its ranges in ``ranges``), in order.
+
+    Cells are fixed runs of ``cell`` bytes (``DownloadSpec.job_bytes``) from
+    byte 0, the last one cut at ``size``; a cell's job covers its span and
+    skips what is done.
+    """
+    found: dict[int, list[Range]] = {}
+    for r in ranges:
+        found.setdefault(r.start // cell, []).append(r)
+    return [(Range(c * cell, min(size, (c + 1) * cell) - 1), rs) for c, rs in sorted(found.items())]
+
+
+def cell_job(download_id: str, span: Range, todo: Sequence[Range]) -> Job:
+    """The ``fetch_range(download_id, start, end)`` job of a cell: every range of ``span`` not done."""
+    member = str(todo[-1]) if len(todo) == 1 else ""
+    job_id = range_job_id(download_id, span.start, span.end)
+    return Job(job_id, FETCH_RANGE, (download_id, span.start, span.end), member)
+
+
+def job_ids_of(download_id: str, size: int, cell: int, rng: Range) -> list[str]:
+    """The ids of the jobs that may fetch ``rng``: its cell's, and its own (a range sent back alone)."""
+    ((span, _),) = job_cells(size, cell, [rng])
+    ids = [range_job_id(download_id, span.start, span.end)]
+    if span != rng:
+        ids.append(range_job_id(download_id, rng.start, rng.end))
+    return ids
 
 
 def finalize_job(download_id: str) -> Job:
@@ -208,14 +255,26 @@ async def enqueue_jobs(
 
 
 async def enqueue_ranges(
-    redis: Redis, queue: str, download_id: str, ranges: Sequence[Range], *, front: bool = False
+    redis: Redis,
+    queue: str,
+    download_id: str,
+    ranges: Sequence[Range],
+    *,
+    front: bool = False,
+    cells: tuple[int, int] | None = None,
 ) -> int:
     """Enqueue the range jobs of ``ranges`` that are not done, queued or running; returns how many.
+
+    With ``cells`` (the download's size and ``DownloadSpec.job_bytes``), one
+    job per job cell (``job_cells``); without, one job per range (ranges sent back).
 
     Raises:
         QueueError: Redis failed.
     """
-    jobs = [range_job(download_id, r) for r in ranges]
+    if cells is None:
+        jobs = [range_job(download_id, r) for r in ranges]
+    else:
+        jobs = [cell_job(download_id, span, todo) for span, todo in job_cells(*cells, ranges)]
     return await enqueue_jobs(redis, queue, jobs, done_key=download_key(download_id, "done"), front=front)
 
 

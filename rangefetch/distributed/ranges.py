@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from ..plan import Range
 from . import keys, scripts
 from .access import RedisAccess
+from .state import DownloadState
 from .status import as_str as _s
 
 __all__ = ["RangeProgress"]
@@ -24,8 +25,10 @@ class RangeProgress(RedisAccess):
     def __init__(self, redis: Redis) -> None:
         super().__init__(redis)
         self._mark_done = redis.register_script(scripts.MARK_DONE)
+        self._mark_done_many = redis.register_script(scripts.MARK_DONE_MANY)
         self._set_progress = redis.register_script(scripts.SET_PROGRESS)
         self._owned_hdel = redis.register_script(scripts.OWNED_HDEL)
+        self._owned_hdel_many = redis.register_script(scripts.OWNED_HDEL_MANY)
 
     async def done_ranges(self, download_id: str) -> set[Range]:
         """Ranges finished and fsynced."""
@@ -40,6 +43,20 @@ class RangeProgress(RedisAccess):
         """Bytes of ``rng`` known to be on disk (fsynced)."""
         value = await self._call(self.redis.hget(keys.download_key(download_id, "progress"), str(rng)))
         return int(value) if value else 0
+
+    async def progress_of(self, download_id: str, ranges: Sequence[Range]) -> list[int | None]:
+        """Bytes of each of ``ranges`` known to be on disk; ``None`` for a range that is done.
+
+        Two commands however many ranges (a multi-range job reads its own at its start).
+        """
+        if not ranges:
+            return []
+        members = [str(r) for r in ranges]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.download_key(download_id, "progress"), members)
+            pipe.smismember(keys.download_key(download_id, "done"), members)
+            values, done = await self._call(pipe.execute())
+        return [None if d else (int(v) if v else 0) for v, d in zip(values, done, strict=True)]
 
     async def set_progress(self, download_id: str, rng: Range, done: int) -> None:
         """Record that the first ``done`` bytes of ``rng`` are fsynced (an absolute count, never added).
@@ -61,6 +78,22 @@ class RangeProgress(RedisAccess):
             pipe.sadd(keys.download_key(download_id, "workers"), worker_id)
             await self._call(pipe.execute())
 
+    async def start_ranges(self, download_id: str, ranges: Sequence[Range], worker_id: str) -> None:
+        """Note that ``worker_id`` is fetching ``ranges`` (a multi-range job's run: its ranges not done)."""
+        if not ranges:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.download_key(download_id, "inflight"), mapping={str(r): worker_id for r in ranges})
+            pipe.sadd(keys.download_key(download_id, "workers"), worker_id)
+            await self._call(pipe.execute())
+
+    async def stop_ranges(self, download_id: str, ranges: Sequence[Range], worker_id: str) -> None:
+        """``stop_range`` for several ranges, in one call."""
+        if not ranges:
+            return
+        key = keys.download_key(download_id, "inflight")
+        await self._call(self._owned_hdel_many(keys=[key], args=[worker_id, *(str(r) for r in ranges)]))
+
     async def stop_range(self, download_id: str, rng: Range, worker_id: str) -> None:
         """Note that ``worker_id`` is no longer fetching ``rng`` (unless another worker has taken it since)."""
         key = keys.download_key(download_id, "inflight")
@@ -73,6 +106,19 @@ class RangeProgress(RedisAccess):
         args = [str(rng), str(rng.length), digest, keys.done_channel(download_id)]
         count = await self._call(self._mark_done(keys=[k(download_id, p) for p in parts], args=args))
         return int(count)
+
+    async def mark_done_many(
+        self, download_id: str, done: Sequence[tuple[Range, str]]
+    ) -> tuple[int, DownloadState | None]:
+        """``mark_done`` for several ranges (range, digest) at once; returns how many are done and the state."""
+        k = keys.download_key
+        parts = ("done", "progress", "digest", "inflight", "failed")
+        args = [keys.done_channel(download_id)]
+        for rng, digest in done:
+            args += [str(rng), str(rng.length), digest]
+        script_keys = [*(k(download_id, p) for p in parts), k(download_id)]
+        count, state = await self._call(self._mark_done_many(keys=script_keys, args=args))
+        return int(count), (DownloadState(_s(state)) if state else None)
 
     async def fail_range(self, download_id: str, rng: Range, reason: str) -> None:
         """Record why ``rng`` failed."""

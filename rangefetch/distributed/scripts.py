@@ -15,6 +15,8 @@ __all__ = [
     "ENQUEUE",
     "GCRA",
     "MARK_DONE",
+    "MARK_DONE_MANY",
+    "OWNED_HDEL_MANY",
     "OWNED_DELETE",
     "OWNED_HDEL",
     "OWNED_SET",
@@ -89,6 +91,31 @@ redis.call('PUBLISH', ARGV[4], ARGV[1])
 return redis.call('SCARD', KEYS[1])
 """
 
+# Record several ranges as finished at once (a multi-range job's batch):
+# MARK_DONE for each, one command per key whatever the batch's size, then the
+# download's state, so the job learns in the same round trip whether to go on.
+# KEYS[1] done set, KEYS[2] progress hash, KEYS[3] digest hash, KEYS[4] inflight hash, KEYS[5] failed hash,
+# KEYS[6] the download hash.
+# ARGV[1] the channel to tell, then (range member, length, digest) per range.
+# Returns {ranges done, the download's state or ''}.
+MARK_DONE_MANY = """
+local members, lengths, digests = {}, {}, {}
+for i = 2, #ARGV, 3 do
+  members[#members + 1] = ARGV[i]
+  lengths[#lengths + 1] = ARGV[i]
+  lengths[#lengths + 1] = ARGV[i + 1]
+  digests[#digests + 1] = ARGV[i]
+  digests[#digests + 1] = ARGV[i + 2]
+end
+redis.call('SADD', KEYS[1], unpack(members))
+redis.call('HSET', KEYS[2], unpack(lengths))
+redis.call('HSET', KEYS[3], unpack(digests))
+redis.call('HDEL', KEYS[4], unpack(members))
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HDEL', KEYS[5], unpack(members)) end
+redis.call('PUBLISH', ARGV[1], members[#members])
+return {redis.call('SCARD', KEYS[1]), redis.call('HGET', KEYS[6], 'state') or ''}
+"""
+
 # Record a range's fsynced bytes unless the range is done already or more
 # of it is recorded: progress never goes backwards.  A run whose lease
 # lapsed (a zombie: it records nothing once it knows, but may not know yet)
@@ -113,6 +140,21 @@ return 1
 OWNED_HDEL = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+# OWNED_HDEL for several ranges: those still noted as fetched by ARGV[1].
+# KEYS[1] the inflight hash.  ARGV[1] the worker, ARGV[2..] range members.
+# Returns how many were removed.
+OWNED_HDEL_MANY = """
+local members = {}
+for i = 2, #ARGV do members[#members + 1] = ARGV[i] end
+local owners = redis.call('HMGET', KEYS[1], unpack(members))
+local mine = {}
+for i, o in ipairs(owners) do
+  if o == ARGV[1] then mine[#mine + 1] = members[i] end
+end
+if #mine == 0 then return 0 end
+return redis.call('HDEL', KEYS[1], unpack(mine))
 """
 
 # -- connection slots -------------------------------------------------------------
