@@ -48,9 +48,10 @@ from rangefetch.plan import Range, ranges_in
 from rangefetch.producer.monitor import cancel
 from rangefetch.worker.files import hash_file
 from rangefetch.worker.finalize import QUEUED_GRACE, finalize_job, sweep_job
-from rangefetch.worker.jobs import fetch_range_job, host_key
+from rangefetch.worker.jobs import fetch_range_job
 from rangefetch.worker.runtime import RUNTIME_KEY, Runtime
 from rangefetch.worker.settings import MAX_TRIES, create_worker, queue_read_limit, worker_settings
+from rangefetch.worker.transfer import host_key
 
 URL = "http://files.test/f.bin"
 HOST = host_key(URL)

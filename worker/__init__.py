@@ -2,7 +2,8 @@
 
 ``rangefetch worker`` (``cli.py``) runs an arq ``Worker`` configured in
 ``settings.py``, whose docstring explains the timeouts, leases and limits.
-The jobs are ``fetch_range`` (``jobs.py``), ``finalize`` and the ``sweep``
+The jobs are ``fetch_range`` (``jobs.py``: a run of consecutive ranges,
+each fetched by ``transfer.py``), ``finalize`` and the ``sweep``
 cron job (``finalize.py``); ``runtime.py`` holds the per-process state
 (the httpx clients, the ``Store``, leases, the heartbeat), ``files.py``
 the ``.part`` file handling and hashing, and ``handoff.py`` the rule by
