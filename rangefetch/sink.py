@@ -65,7 +65,7 @@ class FileWriter:
     ``allowed``, when given, is asked in the writer thread before each
     write: once it says no, nothing more reaches the file, and ``write`` and
     ``flush`` raise ``DownloadError``.  A distributed range job writes only
-    while its lease holds (``worker.runtime.Lease.valid``): asked here, the
+    while its lease holds (``worker.lease.Lease.valid``): asked here, the
     check also holds for bytes that were queued before the lease lapsed,
     say while the process was stopped.
 

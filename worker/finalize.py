@@ -89,7 +89,8 @@ from rangefetch.plan import Range
 
 from .downloads import active_spec, fail, log_started
 from .files import Hashed, check_size, hash_file, open_for_reading
-from .runtime import HARD_STOP_MARGIN, Lease, LeaseLost, Runtime
+from .lease import HARD_STOP_MARGIN, Lease, LeaseLost
+from .runtime import Runtime
 
 __all__ = ["QUEUED_GRACE", "count_redos", "finalize", "finalize_job", "sweep_job"]
 

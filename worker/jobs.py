@@ -99,7 +99,8 @@ from rangefetch.plan import Range, ranges_in
 
 from .downloads import active_spec, fail, log_started
 from .files import hash_range, open_part, part_path
-from .runtime import HARD_STOP_MARGIN, Lease, LeaseLost, Runtime
+from .lease import HARD_STOP_MARGIN, Lease, LeaseLost
+from .runtime import Runtime
 from .transfer import End, Target, Transfer, host_key, jitter
 from .verifier import start_verifier
 

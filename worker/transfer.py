@@ -38,7 +38,8 @@ from rangefetch.plan import Range
 
 from .files import RangeDigest, hash_prefix
 from .handoff import MAX_HANDOFFS, TICK, RunPace
-from .runtime import Lease, LeaseLost, Runtime
+from .lease import Lease, LeaseLost
+from .runtime import Runtime
 
 __all__ = ["Bounded", "End", "Target", "Transfer", "host_key", "jitter"]
 

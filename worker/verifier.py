@@ -64,7 +64,8 @@ from rangefetch.plan import Range
 from .downloads import fail
 from .files import Hashed, hash_window_at, part_path
 from .finalize import count_redos, finalize
-from .runtime import Lease, LeaseLost, Runtime, background
+from .lease import Lease, LeaseLost
+from .runtime import Runtime, background
 
 __all__ = ["AHEAD", "FINISH_WAIT", "POLL", "Verifier", "start_verifier"]
 

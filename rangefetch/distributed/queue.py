@@ -53,7 +53,7 @@ and every worker with a free slot reads the due head of the queue on each
 poll and checks each job there (WATCH, EXISTS, ZSCORE, UNWATCH): with the
 in-flight jobs at the head, every poll of every free worker walks all of
 them, a cost that grows with the number of workers.  So each renewal of a
-job's lease (``worker.runtime.Lease``) also moves the job's score to when
+job's lease (``worker.lease.Lease``) also moves the job's score to when
 its in-progress key lapses (one lease on; ``ZADD XX``, so a job that has
 ended and left the queue is not put back): polls do not see a running job,
 and the job of a worker that died is due again as its in-progress key
