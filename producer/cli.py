@@ -24,11 +24,7 @@ from rangefetch import Checksum, QueueError, Settings, TimeLimitError, Tracker, 
 from rangefetch.batch import Entry, collect
 from rangefetch.cli import (
     build_settings,
-    input_file_option,
-    max_time_option,
-    network_options,
     read_entries,
-    request_options,
     run,
     setup_logging,
 )
@@ -37,6 +33,12 @@ from rangefetch.distributed.connections import open_redis
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import Store
 from rangefetch.errors import RangefetchError, UsageError
+from rangefetch.options import (
+    input_file_option,
+    max_time_option,
+    network_options,
+    request_options,
+)
 
 from .enqueue import Enqueued, resolve_target
 from .enqueue import enqueue as enqueue_download

@@ -54,15 +54,17 @@ from redis.exceptions import RedisError
 from rangefetch import QueueError, RangefetchError, Settings
 from rangefetch.cli import (
     build_settings,
-    interface_option,
-    network_options,
-    retry_options,
     run,
     setup_logging,
-    speed_options,
 )
 from rangefetch.distributed.connections import PATIENT_OUTAGE, RedisLink, redis_settings
 from rangefetch.network import check_network
+from rangefetch.options import (
+    interface_option,
+    network_options,
+    retry_options,
+    speed_options,
+)
 
 from .metrics import enable as enable_metrics
 from .runtime import shutdown
