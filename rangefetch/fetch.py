@@ -18,7 +18,6 @@ URL the user gave stay behind.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
@@ -26,15 +25,14 @@ from typing import Protocol
 import httpx
 
 from .client import BASE_HEADERS, translate_error
-from .display import format_bytes
 from .errors import (
     ConnectionLostError,
     ProtocolError,
     RangefetchError,
     RemoteChangedError,
-    TooSlowError,
     TransientError,
 )
+from .lowspeed import SpeedWatch, moved_on, watch_speed
 from .origin import headers_for
 from .plan import Range
 from .probe import RemoteFile, follow, raise_for_status
@@ -103,7 +101,7 @@ async def fetch_range(
             )
         except TransientError as exc:
             exc.range = rng
-            if _moved_on(exc, cursor.done - before, low_speed):
+            if moved_on(exc, cursor.done - before, low_speed):
                 backoff.reset()
             await backoff.wait(exc)
         if segment is not None:
@@ -143,77 +141,9 @@ async def fetch_stream(
             )
             return cursor.done
         except TransientError as exc:
-            if _moved_on(exc, cursor.done - before, low_speed):
+            if moved_on(exc, cursor.done - before, low_speed):
                 backoff.reset()
             await backoff.wait(exc)
-
-
-def _moved_on(exc: TransientError, gained: int, rule: LowSpeed) -> bool:
-    """Whether a try that failed with ``exc`` after ``gained`` bytes made progress (the retry count starts over).
-
-    Any byte counts, except on a try the low-speed rule ended: that one must
-    have brought a whole window's worth first, or a trickle that sends a few
-    bytes per try would start the count over forever and never give up.
-    """
-    return gained >= (rule.window if isinstance(exc, TooSlowError) else 1)
-
-
-class _SpeedWatch:
-    """The low-speed rule on one request: a deadline ``rule.time`` seconds ahead, moved on per window's worth.
-
-    Timer-based, since a trickle brings almost no chunks to check the speed
-    on: ``scope`` (an ``asyncio.timeout``) cancels the request when fewer than
-    ``rule.window`` bytes arrived within ``rule.time`` seconds of the request
-    or of the last full window.  The hot path only adds and compares.
-    """
-
-    __slots__ = ("_got", "_left", "_loop", "_need", "_scope", "_time")
-
-    def __init__(self, rule: LowSpeed, scope: asyncio.Timeout) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._scope, self._time, self._got, self._left = scope, rule.time, 0, 0.0
-        self._need = rule.window if rule.limit else -1  # -1: the rule is off
-        if self._need >= 0:
-            scope.reschedule(self._loop.time() + rule.time)
-
-    def arrived(self, n: int) -> None:
-        """Count ``n`` bytes off the wire; a full window moves the deadline on."""
-        self._got += n
-        if self._got >= self._need >= 0:
-            self._got = 0
-            self._scope.reschedule(self._loop.time() + self._time)
-
-    def pause(self) -> None:
-        """Stop the clock: the time until ``resume`` is ours (the rate limit), not the server's."""
-        when = self._scope.when()
-        if self._need >= 0 and when is not None:
-            self._left = when - self._loop.time()
-            self._scope.reschedule(None)
-
-    def resume(self) -> None:
-        """Start the clock again where ``pause`` stopped it."""
-        if self._need >= 0 and self._scope.when() is None:
-            self._scope.reschedule(self._loop.time() + self._left)
-
-
-@contextlib.asynccontextmanager
-async def _watch_speed(rule: LowSpeed, *, url: str, rng: Range | None) -> AsyncIterator[_SpeedWatch]:
-    """Apply ``rule`` to the block (a request): too slow, it is cancelled and ``TooSlowError`` raised.
-
-    Put it outside the response's own ``async with``: the response is closed
-    first, which drops its connection (httpcore keeps a connection only
-    after a complete response), so the retry opens a fresh one.
-    """
-    try:
-        async with asyncio.timeout(None) as scope:
-            yield _SpeedWatch(rule, scope)
-    except TimeoutError as exc:
-        if not scope.expired():
-            raise
-        where = f" (range {rng})" if rng is not None else ""
-        raise TooSlowError(
-            f"below {format_bytes(rule.limit)}/s for {rule.time:g} s{where}", url=url, range=rng
-        ) from exc
 
 
 @contextlib.asynccontextmanager
@@ -289,7 +219,7 @@ async def _fetch_once(
             # paid for before the request, as each later read is before it is made.
             await meter.top_up(None, rng.length - cursor.done if rng is not None else None)
         async with (
-            _watch_speed(low_speed, url=url, rng=rng) as watch,
+            watch_speed(low_speed, url=url, rng=rng) as watch,
             _get(client, url, request_headers, rng) as response,
             _reads_of(response, throttle),
         ):
@@ -366,7 +296,7 @@ class _Meter:
         self._credit = 0  # bytes paid for and not read yet; below 0: read and not paid for
         self._next = throttle.ahead  # what the next read is expected to bring
 
-    async def top_up(self, watch: _SpeedWatch | None, left: int | None) -> None:
+    async def top_up(self, watch: SpeedWatch | None, left: int | None) -> None:
         """Pay for the next read (``watch``: the request's low-speed rule, ``None`` before the request)."""
         want = self._next if left is None else min(self._next, left)
         if want > self._credit:
@@ -379,7 +309,7 @@ class _Meter:
                 if watch is not None:
                     watch.resume()
 
-    async def paid(self, n: int, watch: _SpeedWatch, left: int | None) -> None:
+    async def paid(self, n: int, watch: SpeedWatch, left: int | None) -> None:
         self._credit -= n
         self._next = n
         await self.top_up(watch, left)
