@@ -208,7 +208,7 @@ async def enqueue(
             return await _enqueue_missing(store, settings, did, final)
         chunk = _chunk_size(size, settings)
         ranges = len(plan_ranges(size, chunk))
-        job_ranges = ranges_per_job(ranges, chunk, settings.jobs.per_download)
+        job_ranges = ranges_per_job(ranges, chunk, settings.distributed.jobs.per_download)
         current = await store.spec(did)
         keep = False
         if current is not None and state is not DownloadState.COMPLETE:
@@ -270,9 +270,9 @@ async def _enqueue_todo(store: Store, settings: Settings, spec: DownloadSpec) ->
     todo = plan_ranges(spec.size, spec.chunk_size, skip=done)
     if todo:
         return await enqueue_ranges(
-            store.redis, settings.queue_name, spec.id, todo, cells=(spec.size, spec.job_bytes)
+            store.redis, settings.distributed.queue_name, spec.id, todo, cells=(spec.size, spec.job_bytes)
         )
-    return int(await enqueue_finalizer(store.redis, settings.queue_name, spec.id))
+    return int(await enqueue_finalizer(store.redis, settings.distributed.queue_name, spec.id))
 
 
 async def _probe(url: str, settings: Settings, headers: dict[str, str], client: httpx.AsyncClient | None) -> RemoteFile:

@@ -243,4 +243,4 @@ async def cancel(store: Store, redis: Redis, settings: Settings, download_id: st
     cells = [range_job_id(download_id, span.start, span.end) for span, _ in job_cells(size, cell, ranges)]
     singles = [range_job_id(download_id, r.start, r.end) for r in ranges]
     ids = list(dict.fromkeys([*cells, *singles, finalize_job_id(download_id)]))
-    return await remove_jobs(redis, settings.queue_name, ids)
+    return await remove_jobs(redis, settings.distributed.queue_name, ids)

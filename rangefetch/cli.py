@@ -56,6 +56,8 @@ _NESTED_FLAGS = {
     "max_tries": ("retry", "max_tries"),
     "retry_wait": ("retry", "backoff"),
     "connect_timeout": ("timeouts", "connect"),
+    "worker_concurrency": ("distributed", "worker_concurrency"),
+    "per_host_rate": ("distributed", "per_host_rate"),
 }
 
 
@@ -63,8 +65,9 @@ def build_settings(**overrides: Any) -> Settings:
     """``Settings`` from the environment, overridden by the flags that were given.
 
     ``max_tries``, ``retry_wait`` and ``connect_timeout`` set ``retry.max_tries``,
-    ``retry.backoff`` and ``timeouts.connect``; the group's other fields keep
-    their values from the environment.
+    ``retry.backoff`` and ``timeouts.connect``, ``worker_concurrency`` and
+    ``per_host_rate`` the ``distributed`` fields; the group's other fields
+    keep their values from the environment.
 
     Raises:
         UsageError: a value is invalid (one line naming it).

@@ -19,10 +19,12 @@ from .distributed.keys import DEFAULT_QUEUE
 from .plan import parse_size
 
 __all__ = [
+    "DEFAULT_DISTRIBUTED",
     "DEFAULT_JOBS",
     "DEFAULT_LOW_SPEED",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
+    "Distributed",
     "JobLimits",
     "LowSpeed",
     "RetryPolicy",
@@ -165,6 +167,25 @@ class JobLimits(BaseModel):
         return self
 
 
+class Distributed(BaseModel):
+    """What only distributed mode reads (``RANGEFETCH_DISTRIBUTED__*``): the queue, the cluster's caps, the jobs.
+
+    Producers and workers of one cluster should agree on ``queue_name``; the
+    caps and ``per_host_rate`` are the workers' (each enforces them for the
+    whole cluster through Redis); ``jobs`` holds the range jobs' limits.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    queue_name: str = DEFAULT_QUEUE
+    per_host_connections: int = Field(16, ge=1, description="cluster-wide connection cap per host")
+    per_host_rate: Rate = Field(0, ge=0, description="bytes/s the whole cluster may take from one host; 0: no limit")
+    worker_concurrency: int = Field(8, ge=1, description="range jobs one worker process runs at once")
+    cluster_size: int = Field(8, ge=1, description="worker processes expected; sizes the queue read limit")
+    max_verify_retries: int = Field(3, ge=0, description="times a range that fails verification is redone")
+    jobs: JobLimits = Field(default_factory=JobLimits, description="range job budget, timeouts and leases")
+
+
 def _env(name: str) -> AliasChoices:
     """A field read from ``RANGEFETCH_<NAME>`` or from the standard variable ``NAME`` (any case)."""
     return AliasChoices(f"RANGEFETCH_{name}", name)
@@ -174,6 +195,7 @@ DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_LOW_SPEED = LowSpeed()
 DEFAULT_JOBS = JobLimits()
+DEFAULT_DISTRIBUTED = Distributed()
 
 
 class Settings(BaseSettings):
@@ -206,7 +228,6 @@ class Settings(BaseSettings):
     limit_rate: Rate = Field(
         0, ge=0, description="bytes/s one download may take over all its connections (distributed: the whole cluster)"
     )
-    per_host_rate: Rate = Field(0, ge=0, description="distributed: bytes/s the whole cluster may take from one host")
     read_size: Size = Field(1024 * 1024, ge=4096, description="largest socket read on the fast path")
     fast_path: bool = Field(
         True, description="http:// over rangefetch.transport (direct socket reads); False: httpx's stock transport"
@@ -215,12 +236,9 @@ class Settings(BaseSettings):
     user_agent: str = "rangefetch/0.1"
     download_dir: Path = Field(Path("."), description="where downloads land; outputs never leave it")
     redis_url: str | None = Field(None, description="Redis for distributed mode; unset means embedded")
-    queue_name: str = DEFAULT_QUEUE
-    per_host_connections: int = Field(16, ge=1, description="cluster-wide connection cap per host")
-    worker_concurrency: int = Field(8, ge=1, description="range jobs one worker process runs at once")
-    cluster_size: int = Field(8, ge=1, description="worker processes expected; sizes the queue read limit")
-    max_verify_retries: int = Field(3, ge=0, description="times a range that fails verification is redone")
-    jobs: JobLimits = Field(DEFAULT_JOBS, description="range job budget, timeouts and leases of distributed jobs")
+    distributed: Distributed = Field(
+        DEFAULT_DISTRIBUTED, description="distributed mode only: the queue, the cluster's caps, the workers, the jobs"
+    )
 
     # The network path: proxies and TLS trust, as curl and aria2c users expect
     # (rangefetch/network.py applies them).  The standard variables are read

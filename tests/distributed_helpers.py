@@ -25,6 +25,7 @@ from rangefetch import PartFile, Settings, plan_ranges, probe
 from rangefetch.distributed.queue import enqueue_ranges
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import DownloadSpec, Store
+from rangefetch.settings import Distributed
 
 QUEUE = "rangefetch:queue"
 
@@ -115,8 +116,8 @@ def worker_env(redis_url: str, directory: Path, **extra: str) -> dict[str, str]:
         RANGEFETCH_RETRY__BACKOFF="0.05",
         RANGEFETCH_RETRY__BACKOFF_MAX="0.5",
         RANGEFETCH_CHECKPOINT_INTERVAL="0.2",
-        RANGEFETCH_JOBS__LEASE="2",
-        RANGEFETCH_JOBS__SLOT_WAIT="0.2",
+        RANGEFETCH_DISTRIBUTED__JOBS__LEASE="2",
+        RANGEFETCH_DISTRIBUTED__JOBS__SLOT_WAIT="0.2",
         RANGEFETCH_TIMEOUTS__STALL="5",
     )
     env.update(extra)
@@ -130,11 +131,12 @@ def quick_settings(redis_url: str, directory: Path, **overrides: object) -> Sett
         "download_dir": directory,
         "retry": {"backoff": 0.05, "backoff_max": 0.5},
         "checkpoint_interval": 0.2,
-        "jobs": {"lease": 2.0, "slot_wait": 0.2},
         "timeouts": {"stall": 5.0},
     }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    distributed: dict[str, object] = {"jobs": {"lease": 2.0, "slot_wait": 0.2}}
+    for name, value in overrides.items():  # Settings.distributed's fields may be given flat
+        (distributed if name in Distributed.model_fields else values)[name] = value
+    return Settings(**values, distributed=distributed)  # type: ignore[arg-type]
 
 
 class CommandProcess:

@@ -233,7 +233,7 @@ def test_the_worker_flags_reach_its_settings(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.retry.backoff_max == 7  # the rest of the group still comes from the environment
     assert settings.timeouts.connect == 2.5
     assert settings.user_agent == "cluster/1"
-    assert settings.per_host_rate == 50 * 1024 * 1024
+    assert settings.distributed.per_host_rate == 50 * 1024 * 1024
 
 
 # --- a URL without a scheme; a server without ranges -------------------------------------------

@@ -167,7 +167,7 @@ def test_dockerfile_installs_the_packages() -> None:
 WORKERS = 3
 # Workers' settings for the run: a dead worker's range is taken up again
 # after its lease, 20 s by default.
-WORKER_ENV = {"RANGEFETCH_JOBS__LEASE": "5"}
+WORKER_ENV = {"RANGEFETCH_DISTRIBUTED__JOBS__LEASE": "5"}
 MiB = 1024 * 1024
 # The main file: 16 ranges of 1 MiB over 6 connections, each response paced
 # at 200 kB/s, so each range takes about 5 s and the download about 15 s:
@@ -212,7 +212,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Com
     """
     for key, value in WORKER_ENV.items():  # the names and values are settings
         monkeypatch.setenv(key, value)
-    assert Settings().jobs.lease == float(WORKER_ENV["RANGEFETCH_JOBS__LEASE"])
+    assert Settings().distributed.jobs.lease == float(WORKER_ENV["RANGEFETCH_DISTRIBUTED__JOBS__LEASE"])
     started = time.monotonic()
     try:
         daemon = Dockerd().start()
@@ -229,8 +229,8 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Com
         (project / "docker-compose.ci.yml").write_text(yaml.safe_dump(offline_override(base)))
         compose = Compose(
             daemon, project, name="rfci", files=["docker-compose.yml", "docker-compose.ci.yml"],
-            # As the README says: keep RANGEFETCH_CLUSTER_SIZE in step with --scale.
-            env={"RANGEFETCH_CLUSTER_SIZE": str(WORKERS)},
+            # As the README says: keep RANGEFETCH_DISTRIBUTED__CLUSTER_SIZE in step with --scale.
+            env={"RANGEFETCH_DISTRIBUTED__CLUSTER_SIZE": str(WORKERS)},
         )  # fmt: skip
         print(f"setup: {time.monotonic() - started:.1f} s ({' '.join(compose.command)})")
         try:

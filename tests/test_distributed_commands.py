@@ -6,7 +6,7 @@ ours, and the commands our Lua scripts run), over a file of many small
 ranges, so the per-download costs (probe, finalizer) weigh little.
 
 The target is at most 12 commands per range, all in, and little growth
-with the workers.  A job fetches a run of consecutive ranges (``Settings.jobs.per_download``
+with the workers.  A job fetches a run of consecutive ranges (``Settings.distributed.jobs.per_download``
 jobs per download at most, 64 by default), so arq's cost of a job and the
 slot claim are paid once per run: here 512 ranges go to 64 jobs of 8.
 bench/overhead.py measures the same on a larger file, up to 16 workers.
@@ -49,7 +49,8 @@ def _per_range(server: RangeServer, redis_url: str, tmp_path: Path, workers: int
     folder = tmp_path / f"dl{workers}"
     folder.mkdir()
     env = worker_env(redis_url, folder)
-    for name in ("RANGEFETCH_JOBS__LEASE", "RANGEFETCH_CHECKPOINT_INTERVAL"):  # the defaults, as in production
+    # The defaults, as in production.
+    for name in ("RANGEFETCH_DISTRIBUTED__JOBS__LEASE", "RANGEFETCH_CHECKPOINT_INTERVAL"):
         env.pop(name)
     data = os.urandom(RANGES * CHUNK - 1234)
     server.add_file(f"many{workers}.bin", data)

@@ -75,7 +75,7 @@ def test_worker_max_tries_bounds_a_ranges_tries(
     # Every range GET answers 503; one run without progress fails the range
     # (jobs.max_attempts 1), after the worker's --max-tries 3 (the default is 8).
     server.add_file("busy.bin", DATA)
-    start_worker("--max-tries", "3", "--retry-wait", "0.01", RANGEFETCH_JOBS__MAX_ATTEMPTS="1")
+    start_worker("--max-tries", "3", "--retry-wait", "0.01", RANGEFETCH_DISTRIBUTED__JOBS__MAX_ATTEMPTS="1")
     url = server.url("busy.bin", status=503, skip=1, times=100)
     proc = rangefetch("get", url, "--chunk-size", "1M", "-q", env=env)
     assert proc.returncode == 1

@@ -163,7 +163,7 @@ def test_a_rate_below_the_workers_low_speed_rule_does_not_trip_it(
     data = os.urandom(2 * MIB)
     server.add_file("rule.bin", data)
     args = ("-v", "-c", "2", "--speed-limit", "256K", "--speed-time", "1")
-    jobs = {"RANGEFETCH_JOBS__BUDGET": "2", "RANGEFETCH_JOBS__MAX_ATTEMPTS": "2"}
+    jobs = {"RANGEFETCH_DISTRIBUTED__JOBS__BUDGET": "2", "RANGEFETCH_DISTRIBUTED__JOBS__MAX_ATTEMPTS": "2"}
     workers = [start_worker(*args, **jobs) for _ in range(2)]
     proc = rangefetch("get", server.url("rule.bin"), "--limit-rate", "512K", "-c", "4", "--chunk-size", "512K", env=env)
     assert proc.returncode == 0, proc.stderr  # a run counted without progress twice would fail its range

@@ -87,7 +87,7 @@ def test_a_worker_gives_up_on_a_trickle_that_never_ends(
 ) -> None:
     # Each try brings some bytes; neither the tries nor the job runs may count that as progress.
     server.add_file("never.bin", ONE)
-    start_worker(**RULE, RANGEFETCH_RETRY__MAX_TRIES="2", RANGEFETCH_JOBS__MAX_ATTEMPTS="2")
+    start_worker(**RULE, RANGEFETCH_RETRY__MAX_TRIES="2", RANGEFETCH_DISTRIBUTED__JOBS__MAX_ATTEMPTS="2")
     url = server.url("never.bin", slow_rate=100, skip=1, times=1000)
     get = rangefetch("get", url, "--chunk-size", CHUNK, "-q", env=env)
     line = assert_clean_failure(get, 1, download_dir / "never.bin")
@@ -102,7 +102,7 @@ def test_a_trickle_fails_even_when_a_job_run_is_shorter_than_the_rule(
     server.add_file("short.bin", ONE)
     start_worker(
         RANGEFETCH_SPEED_LIMIT="1000", RANGEFETCH_SPEED_TIME="5",
-        RANGEFETCH_JOBS__BUDGET="1", RANGEFETCH_JOBS__MAX_ATTEMPTS="2",
+        RANGEFETCH_DISTRIBUTED__JOBS__BUDGET="1", RANGEFETCH_DISTRIBUTED__JOBS__MAX_ATTEMPTS="2",
     )  # fmt: skip
     url = server.url("short.bin", slow_rate=100, skip=1, times=1000)
     get = rangefetch("get", url, "--chunk-size", CHUNK, "-q", env=env)

@@ -42,7 +42,7 @@ NAME = "straggle.bin"
 HANG_GUARD = 120  # seconds; a download here takes one or two
 # Leases long enough that a busy machine never makes a run lose its range:
 # these tests count GETs and log lines, and a lapsed lease adds some.
-CALM = {"RANGEFETCH_JOBS__LEASE": "20"}
+CALM = {"RANGEFETCH_DISTRIBUTED__JOBS__LEASE": "20"}
 
 
 def range_gets(requests: list[RequestRecord]) -> list[RequestRecord]:

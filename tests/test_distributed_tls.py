@@ -124,7 +124,7 @@ async def test_enqueue_fails_fast_on_an_unreadable_ca_file(
 
 async def test_runtime_clients_per_trust(fake: fakeredis.FakeAsyncRedis, ca_file: Path, tmp_path: Path) -> None:
     """The default client for downloads that bring nothing; one client per distinct trust, closed with the runtime."""
-    settings = Settings(download_dir=tmp_path, worker_concurrency=3)
+    settings = Settings(download_dir=tmp_path, distributed={"worker_concurrency": 3})
     default = make_client(settings)
     rt = Runtime(settings, fake, Store(fake), default, "w", tmp_path)  # type: ignore[arg-type]
     rt.stack.push_async_callback(default.aclose)

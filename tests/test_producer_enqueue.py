@@ -26,10 +26,11 @@ from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import Store
 from rangefetch.plan import MAX_RANGES, MIN_REQUESTED_CHUNK, choose_chunk_size
 from rangefetch.producer.enqueue import download_id, enqueue, resolve_target
+from rangefetch.settings import Distributed
 
 CHUNK = MIN_REQUESTED_CHUNK  # the smallest --chunk-size there is (64 KiB)
 DATA = os.urandom(10 * CHUNK + 7)  # 11 ranges
-QUEUE = Settings.model_fields["queue_name"].default
+QUEUE = Distributed.model_fields["queue_name"].default
 
 
 @pytest.fixture
@@ -244,4 +245,5 @@ async def test_a_chunk_size_that_cuts_too_many_ranges_is_grown(redis: fakeredis.
     assert spec is not None
     assert spec.chunk_size == 2 * MIN_REQUESTED_CHUNK  # the smallest multiple of 64 KiB within MAX_RANGES
     assert spec.ranges == MAX_RANGES // 2 + 1 <= MAX_RANGES
-    assert result.added == -(-spec.ranges // spec.job_ranges) <= settings.jobs.per_download  # runs of ranges
+    # Runs of ranges: at most per_download jobs.
+    assert result.added == -(-spec.ranges // spec.job_ranges) <= settings.distributed.jobs.per_download

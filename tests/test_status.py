@@ -41,7 +41,7 @@ from rangefetch.producer.watch import watch
 SECRET_URL = "https://alice:hunter22@example.com/big.iso?X-Amz-Signature=abcdef123&token=tok456&part=1"
 SECRETS = ("hunter22", "abcdef123", "tok456", "Bearer-xyz789")
 SETTINGS = Settings(redis_url="redis://unused")
-QUEUE = SETTINGS.queue_name
+QUEUE = SETTINGS.distributed.queue_name
 
 
 @pytest.fixture

@@ -121,7 +121,7 @@ async def test_two_workers_download_one_file(
     server.add_file("plain", DATA)
     spec = await start_download(pool, server.url("plain"), download_dir, chunk_size=64 * KiB)
     for _ in range(2):
-        start_worker("--concurrency", "4", RANGEFETCH_JOBS__VERIFY_EARLY=verify_early)
+        start_worker("--concurrency", "4", RANGEFETCH_DISTRIBUTED__JOBS__VERIFY_EARLY=verify_early)
     store = Store(pool)
     assert await wait_finished(store, spec.id) is DownloadState.COMPLETE
     await check_complete(store, spec, download_dir)
@@ -263,8 +263,8 @@ async def test_per_host_cap_holds_across_the_cluster(
     url = server.url("capped", slow_headers=0.1, times=1000)
     spec = await start_download(pool, url, download_dir, chunk_size=32 * KiB)
     server.reset()
-    start_worker("--concurrency", "8", RANGEFETCH_PER_HOST_CONNECTIONS="3")
-    start_worker("--concurrency", "8", RANGEFETCH_PER_HOST_CONNECTIONS="3")
+    start_worker("--concurrency", "8", RANGEFETCH_DISTRIBUTED__PER_HOST_CONNECTIONS="3")
+    start_worker("--concurrency", "8", RANGEFETCH_DISTRIBUTED__PER_HOST_CONNECTIONS="3")
     store = Store(pool)
     assert await wait_finished(store, spec.id) is DownloadState.COMPLETE
     await check_complete(store, spec, download_dir)
@@ -285,7 +285,10 @@ async def test_a_small_download_is_not_starved_by_a_big_one(
     big_url, small_url = server.url("big", rate=64 * KiB), server.url("small", rate=128 * KiB)
     big = await start_download(pool, big_url, download_dir, name="big", chunk_size=128 * KiB)
     small = await start_download(pool, small_url, download_dir, name="small", chunk_size=32 * KiB)
-    start_worker("--concurrency", "8", RANGEFETCH_PER_HOST_CONNECTIONS="2", RANGEFETCH_JOBS__BUDGET="0.5")
+    start_worker(
+        "--concurrency", "8",
+        RANGEFETCH_DISTRIBUTED__PER_HOST_CONNECTIONS="2", RANGEFETCH_DISTRIBUTED__JOBS__BUDGET="0.5",
+    )  # fmt: skip
     store = Store(pool)
     assert await wait_finished(store, small.id) is DownloadState.COMPLETE
     assert await store.done_count(big.id) == 0  # no big range had to finish first
@@ -429,12 +432,12 @@ async def test_a_worker_stopped_past_its_lease_gives_its_range_up_when_it_wakes(
     spec = await start_download(pool, url, download_dir, chunk_size=len(data))
     (rng,) = plan_ranges(spec.size, spec.chunk_size)
     store = Store(pool)
-    frozen = start_worker("--concurrency", "2", RANGEFETCH_JOBS__VERIFY_EARLY="0")
+    frozen = start_worker("--concurrency", "2", RANGEFETCH_DISTRIBUTED__JOBS__VERIFY_EARLY="0")
     await wait_for(lambda: progressed(store, spec), timeout=20)
     frozen.signal(signal.SIGSTOP)
     try:
         for _ in range(2):
-            start_worker("--concurrency", "2", RANGEFETCH_JOBS__VERIFY_EARLY="0")
+            start_worker("--concurrency", "2", RANGEFETCH_DISTRIBUTED__JOBS__VERIFY_EARLY="0")
         before = await store.progress(spec.id, rng)
         await wait_for(lambda: _progress_above(store, spec.id, rng, before), timeout=20)  # taken over
     finally:
@@ -544,7 +547,7 @@ async def test_a_job_that_redis_keeps_failing_is_given_up_to_the_sweep(
             except JobRetry:
                 retries += 1
                 assert retries < 50, "a job that Redis keeps failing is retried for ever"
-        assert retries == rt.settings.jobs.max_attempts - 1
+        assert retries == rt.settings.distributed.jobs.max_attempts - 1
         assert await Store(pool).state(spec.id) is DownloadState.RUNNING  # nothing failed for good
         # Once Redis answers again, the sweep enqueues the job that was given up, and it runs.
         await pool.delete(keys.download_key(spec.id, "progress"))

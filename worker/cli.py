@@ -196,7 +196,7 @@ async def serve(settings: Settings, *, burst: bool = False, **overrides: Any) ->
     """
     link = RedisLink(settings.redis_url or "", outage=PATIENT_OUTAGE)
     rs = overrides.pop("redis_settings", None) or redis_settings(settings, link=link)
-    pool: ArqRedis | None = await link.open(rs, queue_name=settings.queue_name)
+    pool: ArqRedis | None = await link.open(rs, queue_name=settings.distributed.queue_name)
     while pool is not None:
         worker = create_worker(settings, burst=burst, redis_pool=pool, **overrides)
         try:
@@ -215,7 +215,7 @@ async def serve(settings: Settings, *, burst: bool = False, **overrides: Any) ->
             )  # fmt: skip
         finally:
             await _close(worker)
-        pool = await _reopen(link, rs, settings.queue_name)
+        pool = await _reopen(link, rs, settings.distributed.queue_name)
         if pool is not None:
             log.info("worker started again")
 

@@ -25,7 +25,7 @@ as they finished and runs the same steps (``finalize``) with what it found.
    longer match the digest the range job recorded) are fetched again:
    ``Store.redo``, state back to ``running``, the guard released, and their
    range jobs enqueued.  A range redone more than
-   ``Settings.max_verify_retries`` times fails the download instead.
+   ``Settings.distributed.max_verify_retries`` times fails the download instead.
 4. **Checksum mismatch** fails the download: the remote file is not what
    the user asked for, or the ``--checksum`` was mistyped.  The verified
    ``.part`` file is kept with its ranges marked done, and the message says
@@ -112,7 +112,7 @@ async def finalize_job(ctx: dict[str, Any], download_id: str) -> None:
     rt = Runtime.of(ctx)
     async with rt.job(ctx) as lease:
         try:
-            if rt.settings.jobs.verify_early and await rt.store.verifier(download_id):
+            if rt.settings.distributed.jobs.verify_early and await rt.store.verifier(download_id):
                 log.debug("download %s: its verifier is finishing it", download_id)
                 return
             await finalize(rt, lease, download_id)
@@ -144,19 +144,19 @@ async def finalize(rt: Runtime, lease: Lease, download_id: str, *, hashed: Hashe
         found = await active_spec(store, download_id)
         if found is None:
             return True
-        if not await store.claim_finalizer(download_id, lease.token, ttl=rt.settings.jobs.lease):
+        if not await store.claim_finalizer(download_id, lease.token, ttl=rt.settings.distributed.jobs.lease):
             log.debug("download %s: another finalizer holds the guard", download_id)
             return False
         lease.guard = download_id
         try:
-            limit = rt.settings.jobs.finalize_timeout * (1 - HARD_STOP_MARGIN)
+            limit = rt.settings.distributed.jobs.finalize_timeout * (1 - HARD_STOP_MARGIN)
             async with asyncio.timeout(limit) as deadline:
                 await _finalize(rt, lease, *found, hashed)
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
             raise VerificationError(
-                f"verifying took longer than {limit:.0f}s; raise RANGEFETCH_JOBS__FINALIZE_TIMEOUT"
+                f"verifying took longer than {limit:.0f}s; raise RANGEFETCH_DISTRIBUTED__JOBS__FINALIZE_TIMEOUT"
             ) from exc
         finally:
             lease.guard = None
@@ -182,7 +182,7 @@ async def _finalize(rt: Runtime, lease: Lease, spec: DownloadSpec, state: Downlo
         if state is DownloadState.VERIFYING:
             await store.set_state(spec.id, DownloadState.RUNNING)
         await _release(rt, spec.id, lease.token)
-        await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, missing, front=True)
+        await enqueue_ranges(rt.redis, rt.settings.distributed.queue_name, spec.id, missing, front=True)
         return
     if state is not DownloadState.VERIFYING:
         if await store.set_state(spec.id, DownloadState.VERIFYING) is DownloadState.QUEUED:
@@ -243,7 +243,7 @@ async def _redo(rt: Runtime, lease: Lease, spec: DownloadSpec, bad: list[Range])
     await rt.store.set_state(spec.id, DownloadState.RUNNING)
     # Released before the enqueue, so the finalizer those ranges trigger finds the guard free.
     await _release(rt, spec.id, lease.token)
-    await enqueue_ranges(rt.redis, rt.settings.queue_name, spec.id, bad, front=True)
+    await enqueue_ranges(rt.redis, rt.settings.distributed.queue_name, spec.id, bad, front=True)
 
 
 async def count_redos(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None:
@@ -252,7 +252,7 @@ async def count_redos(rt: Runtime, spec: DownloadSpec, bad: list[Range]) -> None
     Raises:
         VerificationError: a range failed verification more than ``max_verify_retries`` times.
     """
-    store, limit = rt.store, rt.settings.max_verify_retries
+    store, limit = rt.store, rt.settings.distributed.max_verify_retries
     worst: tuple[Range, int] | None = None
     for rng in bad:
         count = await store.redo(spec.id, rng)
@@ -304,7 +304,7 @@ async def sweep_job(ctx: dict[str, Any]) -> None:
 
 
 async def _sweep_one(rt: Runtime, download_id: str, *, now: float) -> None:
-    store, queue = rt.store, rt.settings.queue_name
+    store, queue = rt.store, rt.settings.distributed.queue_name
     data = await store.get(download_id)
     if data is None:
         return

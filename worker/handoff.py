@@ -94,7 +94,7 @@ range.
 Where it falls short: a worker running one job at a time has no live
 peers, and compares only with its own earlier runs of the download (the
 first has nothing to compare with); such a cluster's straggler is still
-cut short by the run's budget (``Settings.jobs.budget``), which ends
+cut short by the run's budget (``Settings.distributed.jobs.budget``), which ends
 every run and its connection after 40 s.  And when a server slows down
 for everyone mid-download, such a worker's history still says fast: each
 range it runs may be handed off up to ``MAX_HANDOFFS`` times (a request

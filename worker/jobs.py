@@ -23,11 +23,11 @@ How a run ends
   (CRC-32) of the bytes as written (bytes written by earlier runs of the
   range are read back once to seed it); when every range is done, the
   finalizer is enqueued.
-* **Time budget** (``Settings.jobs.budget``, 40 s): the fetch is stopped,
+* **Time budget** (``Settings.distributed.jobs.budget``, 40 s): the fetch is stopped,
   its bytes fsynced and recorded, and ``Retry(defer=0)`` continues the range
   in a fresh job at the same queue position.  arq treats a job timeout as a
   permanent failure, so a slow but healthy range must never reach one; the
-  budget keeps every run far below ``Settings.jobs.timeout`` (120 s), and a
+  budget keeps every run far below ``Settings.distributed.jobs.timeout`` (120 s), and a
   hard stop shortly before the timeout turns even a run that overran
   (a stalled disk or Redis) into a retry.  Yielding also lets other
   downloads have the connection slot.
@@ -48,7 +48,7 @@ How a run ends
   backoff.  arq's try counter also counts budget continuations and slot
   waits, so it is set out of reach and the count that decides failure is
   ours: ``Store.count_attempt`` counts runs in a row that made no progress,
-  and ``Settings.jobs.max_attempts`` of them fail the download.  While
+  and ``Settings.distributed.jobs.max_attempts`` of them fail the download.  While
   the low-speed rule is on, a run made progress only if it brought what the
   rule asks for the time it ran (``LowSpeed``: 1 KiB a second, at most one
   window of 30 KiB): a trickle that sends a few bytes per run still fails.
@@ -124,7 +124,7 @@ async def fetch_range_job(ctx: dict[str, Any], download_id: str, start: int, end
     """
     rt = Runtime.of(ctx)
     span = Range(start, end)
-    timeout = rt.settings.jobs.timeout
+    timeout = rt.settings.distributed.jobs.timeout
     async with rt.job(ctx) as lease:
         try:
             async with asyncio.timeout(timeout * (1 - HARD_STOP_MARGIN)) as deadline:
@@ -184,7 +184,7 @@ class _DoneBatch:
             rt.metrics.range_done()
         log.debug("ranges %s-%s of %s done (%d of %d)", batch[0][0], batch[-1][0], spec.id, count, spec.ranges)
         if count >= spec.ranges:
-            added = await enqueue_finalizer(rt.redis, rt.settings.queue_name, spec.id)
+            added = await enqueue_finalizer(rt.redis, rt.settings.distributed.queue_name, spec.id)
             how = "enqueued" if added else "already queued"
             log.debug("download %s: all %d ranges done; finalizer %s", spec.id, count, how)
         else:
@@ -213,7 +213,7 @@ async def _run(rt: Runtime, lease: Lease, download_id: str, span: Range) -> None
         fd = await asyncio.to_thread(open_part, part, spec.size)
         try:
             async with _Slot(rt, lease, spec, span, [r for r, _ in todo]) as slot:
-                deadline = asyncio.get_running_loop().time() + rt.settings.jobs.budget
+                deadline = asyncio.get_running_loop().time() + rt.settings.distributed.jobs.budget
                 try:
                     await _fetch_all(rt, lease, spec, todo, Target(part, fd), deadline, batch, slot, current)
                 except BaseException:
@@ -274,7 +274,7 @@ class _Slot:
         host = host_key(spec.final_url)
         self.host = host
         self.limits = {
-            keys.sem_host(host): rt.settings.per_host_connections,
+            keys.sem_host(host): rt.settings.distributed.per_host_connections,
             keys.sem_download(spec.id): spec.connections,
         }
         # This run's own token ("DOWNLOAD:START-END#RUN"), so that renewing it tells
@@ -283,7 +283,7 @@ class _Slot:
         self.finished: set[Range] = set()
 
     async def __aenter__(self) -> _Slot:
-        rt, jobs = self.rt, self.rt.settings.jobs
+        rt, jobs = self.rt, self.rt.settings.distributed.jobs
         taken = await rt.store.acquire_fair(
             self.token, self.spec.id, self.limits, waiters=keys.sem_waiters(self.host),
             ttl=jobs.lease, wait_ttl=max(5.0, 5 * jobs.slot_wait),

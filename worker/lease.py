@@ -6,7 +6,7 @@ and the finalizer guard (an early verifier's claims: its verifier lease and,
 while it finishes, the guard).  ``Lease`` holds one run's claims and renews
 them together every quarter lease (``Runtime.job()`` for jobs), so when a
 worker is SIGKILLed its jobs, slots and guard are free again
-``Settings.jobs.lease`` seconds later, whatever the jobs' timeouts are
+``Settings.distributed.jobs.lease`` seconds later, whatever the jobs' timeouts are
 (``worker.settings`` explains why arq's own in-progress expiry is shortened
 to the lease).  The early verifiers (``worker.verifier``) run as tasks of
 the runtime beside the jobs, each with a ``Lease`` of its own, and are
@@ -90,7 +90,7 @@ class Lease:
         self.slots: tuple[str, list[str]] | None = None  # (token, semaphore keys)
         self.guard: str | None = None  # download id whose finalizer guard the run holds
         self.verifier = verifier  # download id whose early verifier lease (owner: the worker) the run holds
-        self.expires = since + runtime.settings.jobs.lease  # time.monotonic() the claims may lapse at
+        self.expires = since + runtime.settings.distributed.jobs.lease  # time.monotonic() the claims may lapse at
         self.lost = False
         self.redis_failed = False  # the run ended on a Redis failure (``Runtime.redis_retry``)
 
@@ -117,7 +117,7 @@ class Lease:
         claims and put back the in-progress key that this run's end deletes
         (see the module docstring), so arq does not start the job a third time.
         """
-        return Retry(defer=self.runtime.settings.jobs.lease)
+        return Retry(defer=self.runtime.settings.distributed.jobs.lease)
 
     async def renew(self) -> bool:
         """Extend every claim by one lease; ``False`` (and the lease is lost for good) if one had lapsed or was taken.
@@ -128,8 +128,8 @@ class Lease:
         sent = time.monotonic()
         if self.lost:
             return False
-        if await self._renew_all(self.runtime.settings.jobs.lease):
-            self.expires = max(self.expires, sent + self.runtime.settings.jobs.lease)
+        if await self._renew_all(self.runtime.settings.distributed.jobs.lease):
+            self.expires = max(self.expires, sent + self.runtime.settings.distributed.jobs.lease)
             return True
         self.lost = True
         return False
@@ -154,7 +154,8 @@ class Lease:
                     else:
                         pipe.pexpire(key, ms)
                     # Out of the polls' sight while it runs (``rangefetch.distributed.queue``, "Running jobs").
-                    pipe.zadd(rt.settings.queue_name, {self.job_id: round(time.time() * 1000) + ms}, xx=True)
+                    queue = rt.settings.distributed.queue_name
+                    pipe.zadd(queue, {self.job_id: round(time.time() * 1000) + ms}, xx=True)
                     held, _ = await pipe.execute()
                 if not held:
                     return False
@@ -171,7 +172,7 @@ class Lease:
         While Redis fails the renewal is retried (logged once in a row) until
         the lease would have lapsed: then the lease is lost too.
         """
-        interval = self.runtime.settings.jobs.lease / 4
+        interval = self.runtime.settings.distributed.jobs.lease / 4
         failing = False
         while True:
             try:

@@ -146,7 +146,7 @@ class Runtime:
             except BaseException:
                 # arq re-queues the job relative to its score (a retry, a cancelled run):
                 # give back the place the renewals moved it from.  A job that ends well leaves the queue.
-                await restore_place(self.redis, self.settings.queue_name, job_id, ctx.get("score"))
+                await restore_place(self.redis, self.settings.distributed.queue_name, job_id, ctx.get("score"))
                 raise
         finally:
             self.running.discard(job_id)
@@ -163,7 +163,7 @@ class Runtime:
         once Redis answers again.
         """
         assert lease.job_id is not None
-        jobs = self.settings.jobs
+        jobs = self.settings.distributed.jobs
         lease.redis_failed = True
         failures = self.redis_failures.get(lease.job_id, 0) + 1
         if failures >= jobs.max_attempts:
@@ -226,13 +226,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     runtime.stack.push_async_callback(runtime.stop_verifiers)
     ctx[RUNTIME_KEY] = runtime
     log.info(
-        "worker %s: %d jobs at once, downloads in %s", worker_id, settings.worker_concurrency, runtime.download_dir
+        "worker %s: %d jobs at once, downloads in %s",
+        worker_id, settings.distributed.worker_concurrency, runtime.download_dir,
     )
 
 
 def _client_settings(settings: Settings) -> Settings:
     """``settings`` for a worker's client: one connection per concurrent job, so its pool is never the limit."""
-    return settings.model_copy(update={"connections": settings.worker_concurrency})
+    return settings.model_copy(update={"connections": settings.distributed.worker_concurrency})
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -97,7 +97,7 @@ POLL_DELAY = 0.05
 
 def queue_read_limit(settings: Settings) -> int:
     """How many due jobs each poll reads: twice the cluster's job slots, at least 100."""
-    return max(100, 2 * settings.cluster_size * settings.worker_concurrency)
+    return max(100, 2 * settings.distributed.cluster_size * settings.distributed.worker_concurrency)
 
 
 def worker_settings(settings: Settings, *, burst: bool = False) -> dict[str, Any]:
@@ -106,20 +106,20 @@ def worker_settings(settings: Settings, *, burst: bool = False) -> dict[str, Any
     Raises:
         UsageError: no Redis URL is configured, or it is malformed.
     """
-    jobs = settings.jobs
+    jobs = settings.distributed.jobs
     return {
         "functions": [
             func(fetch_range_job, name=FETCH_RANGE, timeout=jobs.timeout, keep_result=0, max_tries=MAX_TRIES),
             func(finalize_job, name=FINALIZE, timeout=jobs.finalize_timeout, keep_result=0, max_tries=MAX_TRIES),
         ],
         "cron_jobs": [cron(sweep_job, name=SWEEP, second=SWEEP_SECONDS, timeout=jobs.timeout, max_tries=1)],
-        "queue_name": settings.queue_name,
+        "queue_name": settings.distributed.queue_name,
         "redis_settings": redis_settings(settings),
         "burst": burst,
         "on_startup": startup,
         "on_shutdown": shutdown,
         "handle_signals": True,
-        "max_jobs": settings.worker_concurrency,
+        "max_jobs": settings.distributed.worker_concurrency,
         "job_timeout": jobs.timeout,
         "keep_result": 0,
         "max_tries": MAX_TRIES,
@@ -140,5 +140,5 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         UsageError: no Redis URL is configured, or it is malformed.
     """
     worker = Worker(**{**worker_settings(settings, burst=burst), **overrides})
-    worker.in_progress_timeout_s = settings.jobs.lease
+    worker.in_progress_timeout_s = settings.distributed.jobs.lease
     return worker

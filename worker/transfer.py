@@ -88,7 +88,8 @@ class Transfer:
         self.backoff = _RecordingBackoff(rt.settings.retry, on_retry=self._note_retry)
         self.bounded: Bounded | None = None
         # The download's --limit-rate and the host's cap, over the cluster (rangefetch.ratelimit).
-        self.throttle = rt.store.throttle(spec, host_key(spec.final_url), host_rate=rt.settings.per_host_rate)
+        host_rate = rt.settings.distributed.per_host_rate
+        self.throttle = rt.store.throttle(spec, host_key(spec.final_url), host_rate=host_rate)
         self.pace: RunPace | None = None  # this run's speed, for the straggler rule (``worker.handoff``)
         self.asked = False  # whether this run asked to hand off (once at most: a yes ends it, a no stands)
 
@@ -161,7 +162,7 @@ class Transfer:
     async def _retry_later(self, exc: TransientError | RetriesExhaustedError) -> None:
         """Raise ``Retry`` with backoff, or ``RetriesExhaustedError`` after too many runs without progress."""
         self.lease.check()  # a run that lost its lease counts nothing: the range may be another run's
-        rng, jobs = self.rng, self.rt.settings.jobs
+        rng, jobs = self.rng, self.rt.settings.distributed.jobs
         attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self._progressed())
         if attempts >= jobs.max_attempts:
             raise RetriesExhaustedError(f"range {rng} failed {attempts} times in a row: {exc}", range=rng) from exc
@@ -304,7 +305,7 @@ class Transfer:
 
     async def _settle(self, end: End) -> End:
         self.lease.check()
-        rng, jobs = self.rng, self.rt.settings.jobs
+        rng, jobs = self.rng, self.rt.settings.distributed.jobs
         if end is End.BUDGET or end is End.HANDOFF:
             attempts = await self.rt.store.count_attempt(self.spec.id, rng, progressed=self._progressed())
             last = self.backoff.last

@@ -6,11 +6,11 @@ the file's sha256 (``worker.finalize``).  With it, one worker per download
 does that reading while the other ranges are still being fetched:
 
 * **Who.**  The first range job to finish a range of a download (when
-  ``Settings.jobs.verify_early``) takes the download's verifier lease
+  ``Settings.distributed.jobs.verify_early``) takes the download's verifier lease
   (``Store.claim_verifier``) and runs a ``Verifier`` in its own worker
   process, beside the arq jobs, not in a job slot, so it never costs a
   connection.  The lease is renewed every quarter lease; a worker that is
-  SIGKILLed loses it ``Settings.jobs.lease`` seconds later, and the next
+  SIGKILLed loses it ``Settings.distributed.jobs.lease`` seconds later, and the next
   finished range starts a verifier elsewhere, from byte 0.
 * **What.**  For the next range in file order whose digest is recorded
   (done and fsynced), it reads the range back from the shared volume in a
@@ -19,7 +19,7 @@ does that reading while the other ranges are still being fetched:
   algorithm).  A range whose bytes no longer match the digest its range
   job recorded is taken out of the whole-file digests again (they are
   copied before each range), counted, and fetched again at the front of
-  the queue; ``Settings.max_verify_retries`` redos fail the download, as in
+  the queue; ``Settings.distributed.max_verify_retries`` redos fail the download, as in
   the finalizer.  ``status`` shows the bytes verified so far.
 * **The end.**  Once every range is verified, the verifier runs the
   finalizer's own steps (``worker.finalize.finalize``) with the digests it
@@ -83,10 +83,10 @@ async def start_verifier(rt: Runtime, spec: DownloadSpec) -> None:
     Raises:
         QueueError: Redis failed.
     """
-    if not rt.settings.jobs.verify_early or spec.id in rt.verifiers:
+    if not rt.settings.distributed.jobs.verify_early or spec.id in rt.verifiers:
         return
     since = time.monotonic()
-    if await rt.store.claim_verifier(spec.id, rt.worker_id, ttl=rt.settings.jobs.lease):
+    if await rt.store.claim_verifier(spec.id, rt.worker_id, ttl=rt.settings.distributed.jobs.lease):
         log.debug("download %s: verifying finished ranges as they come", spec.id)
         rt.run_verifier(spec.id, Verifier(rt, spec, since=since).run())
 
@@ -182,7 +182,7 @@ class Verifier:
         except VerificationError as exc:
             await fail(self.rt.store, self.spec.id, exc)
             raise
-        await enqueue_ranges(self.rt.redis, self.rt.settings.queue_name, self.spec.id, [rng], front=True)
+        await enqueue_ranges(self.rt.redis, self.rt.settings.distributed.queue_name, self.spec.id, [rng], front=True)
 
     async def _finish(self, hashed: Hashed) -> None:
         """Run the finalizer's steps with ``hashed``, waiting ``FINISH_WAIT`` leases at most for another's guard.
@@ -190,7 +190,7 @@ class Verifier:
         Raises:
             LeaseLost: the verifier lost its lease (or the guard) on the way.
         """
-        give_up = time.monotonic() + FINISH_WAIT * self.rt.settings.jobs.lease
+        give_up = time.monotonic() + FINISH_WAIT * self.rt.settings.distributed.jobs.lease
         delay = POLL
         while not await finalize(self.rt, self.lease, self.spec.id, hashed=hashed):
             self.lease.check()
@@ -205,12 +205,12 @@ class Verifier:
         rt, spec, store = self.rt, self.spec, self.rt.store
         try:
             if stopped:
-                await store.stop_verifier(spec.id, rt.worker_id, ttl=rt.settings.jobs.lease)
+                await store.stop_verifier(spec.id, rt.worker_id, ttl=rt.settings.distributed.jobs.lease)
             else:
                 await store.release_verifier(spec.id, rt.worker_id)
             state = await store.state(spec.id)
             if state is not None and not state.finished and await store.done_count(spec.id) >= spec.ranges:
-                await enqueue_finalizer(rt.redis, rt.settings.queue_name, spec.id)
+                await enqueue_finalizer(rt.redis, rt.settings.distributed.queue_name, spec.id)
         except QueueError as exc:  # the lease lapses by itself, and the sweep enqueues the finalizer
             log.debug("verifier of %s: %s", spec.id, exc)
 

@@ -79,7 +79,7 @@ def create_app(
     state: dict[str, Any] = {}
 
     async def read() -> dict[str, Any]:
-        return await read_snapshot(state["store"], slot_limit=settings.per_host_connections)
+        return await read_snapshot(state["store"], slot_limit=settings.distributed.per_host_connections)
 
     poller = Poller(read, interval=interval)
     page = _page(csrf, token_required=token is not None)

@@ -268,7 +268,7 @@ async def open_redis(settings: Settings, *, patient: bool = False) -> ArqRedis:
         QueueError: Redis cannot be reached, or refuses our credentials.
     """
     link = RedisLink(_url(settings), outage=PATIENT_OUTAGE if patient else IMPATIENT_OUTAGE)
-    return await link.open(redis_settings(settings, link=link), queue_name=settings.queue_name)
+    return await link.open(redis_settings(settings, link=link), queue_name=settings.distributed.queue_name)
 
 
 def _url(settings: Settings) -> str:

@@ -84,7 +84,7 @@ def sem_download(download_id: str) -> str:
 
 
 def rate_host(host: str) -> str:
-    """The schedule (GCRA's TAT) of the cluster-wide rate cap of one server host (``Settings.per_host_rate``)."""
+    """The schedule (GCRA's TAT) of the cluster-wide rate cap of one server host (``Distributed.per_host_rate``)."""
     return f"{PREFIX}rate:host:{host}"
 
 

@@ -2,7 +2,7 @@
 
 Rate limits (``ratelimit.py``) are GCRA schedules in Redis
 (``scripts.GCRA``): a download's ``limit_rate`` and a server host's cap
-(``Settings.per_host_rate``).  ``Store.throttle`` gives a range job its
+(``Settings.distributed.per_host_rate``).  ``Store.throttle`` gives a range job its
 share: one ``BatchedThrottle`` per download and caps in each process,
 shared by its jobs, taking tokens from Redis a batch at a time.
 """

@@ -112,7 +112,7 @@ FINALIZE = "finalize"
 BATCH = 1000
 RESTORE_TIMEOUT = 2.0  # seconds a job's end may wait to give its queue place back
 JOB_TTL_MS = 7 * 86_400_000
-# Multi-range jobs: a download's ranges go to at most ``Settings.jobs.per_download``
+# Multi-range jobs: a download's ranges go to at most ``Settings.distributed.jobs.per_download``
 # jobs, each a run of consecutive ranges (a job cell) fetched one after another
 # on one connection slot, so arq's cost of a job (some 20 commands) and the slot
 # claim are paid once per run, not once per range.
