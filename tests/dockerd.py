@@ -323,12 +323,15 @@ def copy_project(source: Path, dest: Path) -> Path:
     """Copy the files git knows of (tracked, or new and not ignored) from ``source`` to ``dest``.
 
     That is what a clean clone plus the work in progress holds: no .venv,
-    no build/ of an earlier ``pip wheel``, no caches.
+    no build/ of an earlier ``pip wheel``, no caches; symlinks stay symlinks.
     """
     listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source, timeout=60)
     for name in filter(None, listed.stdout.split("\0")):
         src = source / name
-        if src.is_file():
+        if src.is_symlink():  # rangefetch/producer -> ../producer: a link, as git keeps it
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(src), dest / name)
+        elif src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     return dest
