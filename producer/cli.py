@@ -3,7 +3,7 @@
 The program (``rangefetch.program``) names them to the core's command group,
 which imports this module on first use.  Each parses its arguments, builds ``Settings``
 once, opens Redis and calls the library in ``enqueue``, ``monitor`` and
-``watch``; ``rangefetch.cli.run`` turns errors into one line and an exit code.
+``watch``; ``rangefetch.runner.run`` turns errors into one line and an exit code.
 """
 
 from __future__ import annotations
@@ -22,23 +22,20 @@ from arq.connections import ArqRedis
 
 from rangefetch import Checksum, QueueError, Settings, TimeLimitError, Tracker, hash_fd, parse_header
 from rangefetch.batch import Entry, collect
-from rangefetch.cli import (
-    build_settings,
-    read_entries,
-    run,
-    setup_logging,
-)
 from rangefetch.display import show_progress
 from rangefetch.distributed.connections import open_redis
 from rangefetch.distributed.state import DownloadState
 from rangefetch.distributed.store import Store
 from rangefetch.errors import RangefetchError, UsageError
 from rangefetch.options import (
+    build_settings,
     input_file_option,
     max_time_option,
     network_options,
+    read_entries,
     request_options,
 )
+from rangefetch.runner import run, setup_logging
 
 from .enqueue import Enqueued, resolve_target
 from .enqueue import enqueue as enqueue_download

@@ -1,7 +1,7 @@
 """What happens first when rangefetch is imported: before httpx and pydantic are loaded.
 
 Imported by ``rangefetch/__init__.py`` ahead of everything else, for its
-side effects (see the two blocks below); ``cli.run`` calls
+side effects (see the two blocks below); ``runner.run`` calls
 ``end_quiet_interrupts`` once the command is ready to handle Ctrl-C itself.
 """
 
@@ -28,7 +28,7 @@ def _quiet_interrupts_while_loading() -> None:
 
     Loading the package takes a few tenths of a second (httpx, pydantic),
     and a KeyboardInterrupt raised in an import is printed as a traceback
-    before the command has any say.  Until ``cli.run`` starts the event loop
+    before the command has any say.  Until ``runner.run`` starts the event loop
     (it puts Python's handler back: ``end_quiet_interrupts``), SIGINT exits
     130 with one line instead.  Imported as a library, nothing changes.
     """

@@ -2,113 +2,42 @@
 
 The producer's and worker's commands, and ``get --redis``, are not named
 here: the program (``rangefetch.program``) hands them in as ``Extensions``,
-by import path, so the core never imports the distributed layer.
+by import path, so the core never imports the distributed layer.  The
+options ``get`` shares with those commands are in ``options.py``, and how a
+command runs (logging, exit codes) in ``runner.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
-import logging
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import pydantic
 
 from . import batch, dryrun
-from ._startup import end_quiet_interrupts
 from .client import parse_header
-from .errors import RangefetchError, UsageError
+from .errors import UsageError
 from .options import (
     batch_options,
+    build_settings,
     interface_option,
     max_time_option,
     network_options,
+    read_entries,
     request_options,
     retry_options,
     speed_options,
 )
+from .runner import EXIT_INTERRUPTED, run, setup_logging
 from .settings import Settings
 from .verify import Checksum
 
-__all__ = [
-    "Extensions",
-    "build_settings",
-    "main",
-    "read_entries",
-    "run",
-    "setup_logging",
-]
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_INTERRUPTED = 130
-LOG_FORMAT = "rangefetch: %(message)s"
-
-
-# Flags that set one field of a nested settings group: flag -> (group, field).
-_NESTED_FLAGS = {
-    "max_tries": ("retry", "max_tries"),
-    "retry_wait": ("retry", "backoff"),
-    "connect_timeout": ("timeouts", "connect"),
-    "worker_concurrency": ("distributed", "worker_concurrency"),
-    "per_host_rate": ("distributed", "per_host_rate"),
-}
-
-
-def build_settings(**overrides: Any) -> Settings:
-    """``Settings`` from the environment, overridden by the flags that were given.
-
-    ``max_tries``, ``retry_wait`` and ``connect_timeout`` set ``retry.max_tries``,
-    ``retry.backoff`` and ``timeouts.connect``, ``worker_concurrency`` and
-    ``per_host_rate`` the ``distributed`` fields; the group's other fields
-    keep their values from the environment.
-
-    Raises:
-        UsageError: a value is invalid (one line naming it).
-    """
-    given = {k: v for k, v in overrides.items() if v is not None}
-    for flag, (group, name) in _NESTED_FLAGS.items():
-        if flag in given:
-            given.setdefault(group, {})[name] = given.pop(flag)
-    try:
-        return Settings(**given)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise UsageError(f"invalid {where}: {first['msg']}") from exc
-
-
-def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine, turning our errors into a one-line message and an exit code."""
-    # Until here a Ctrl-C ended the command with one line (rangefetch/__init__.py);
-    # from here on it cancels the coroutine, which cleans up, and ends below.
-    end_quiet_interrupts()
-    try:
-        return asyncio.run(coro_fn())
-    except RangefetchError as exc:
-        click.echo(f"rangefetch: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("rangefetch: interrupted; run the same command again to resume", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-
-
-def setup_logging(verbose: int, quiet: bool = False, *, fmt: str = LOG_FORMAT) -> None:
-    """Log to stderr: warnings, or info with ``verbose`` 1 and debug with 2; only errors when ``quiet``.
-
-    httpx and httpcore stay at warnings whatever the level: httpx logs every
-    request URL, and URLs may carry secrets.
-    """
-    level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+__all__ = ["Extensions", "main"]
 
 
 @dataclass(frozen=True)
@@ -251,18 +180,6 @@ def get(
             sys.exit(code)
 
     run(main)
-
-
-def read_entries(input_file: str | None) -> list[batch.Entry]:
-    """The entries of ``-i FILE`` (none without it); ``-`` is standard input.
-
-    Raises:
-        UsageError: the file cannot be read, or a line of it is wrong.
-    """
-    if input_file is None:
-        return []
-    source = "standard input" if input_file == "-" else input_file
-    return batch.parse_input(batch.read_input(input_file), source=source)
 
 
 def _distributable(files: list[batch.Entry], *, dry_run: bool, as_json: bool, allow_overwrite: bool) -> None:

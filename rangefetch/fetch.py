@@ -4,12 +4,13 @@
 downloader runs many of them in a task group, and each distributed range job
 runs one.  It pins the file version with ``If-Range`` (RFC 9110 §13.1.5),
 accepts only a 206 whose ``Content-Range`` is exactly what was asked
-(§14.4, §15.3.7), streams the body to a ``Writer`` without holding it, and on
-a dropped, stalled or too slow connection (the low-speed rule,
-``settings.LowSpeed``) resumes from the last byte written.  With a
-``throttle`` (``ratelimit.py``), each read is paid for before it is made
-(the first before the loop, each next one once the chunk before it is
-written), and the low-speed rule does not count those waits.
+(§14.4, §15.3.7; ``response.check_response``), streams the body to a
+``Writer`` without holding it, and on a dropped, stalled or too slow
+connection (the low-speed rule, ``settings.LowSpeed``) resumes from the
+last byte written.  With a ``throttle`` (``ratelimit.py``), each read is
+paid for before it is made (``metering.Meter``: the first before the loop,
+each next one once the chunk before it is written), and the low-speed rule
+does not count those waits.
 
 Every request carries the caller's headers as ``origin.headers_for`` allows: when
 the probe was redirected to another origin, the credentials meant for the
@@ -29,15 +30,15 @@ from .errors import (
     ConnectionLostError,
     ProtocolError,
     RangefetchError,
-    RemoteChangedError,
     TransientError,
 )
-from .lowspeed import SpeedWatch, moved_on, watch_speed
+from .lowspeed import moved_on, watch_speed
+from .metering import Meter, reads_of
 from .origin import headers_for
 from .plan import Range
-from .probe import RemoteFile, follow, raise_for_status
-from .protocol import parse_content_length, parse_content_range
+from .probe import RemoteFile, follow
 from .ratelimit import Throttle
+from .response import check_response, describe_range
 from .retry import Backoff
 from .segments import Segment
 from .settings import DEFAULT_LOW_SPEED, LowSpeed
@@ -162,28 +163,6 @@ async def _get(
         await response.aclose()
 
 
-@contextlib.asynccontextmanager
-async def _reads_of(response: httpx.Response, throttle: Throttle | None) -> AsyncIterator[None]:
-    """Under a rate limit, the connection's reads for this response are no larger than a read's payment.
-
-    Each read is paid for before it is made (``_Meter``); a socket read
-    larger than that runs ahead of the rate (16 connections of 256 KiB reads
-    hold 4 MiB, four seconds at 1 MiB/s).  Only our own network streams
-    (the fast path) can be told; the size goes back when the response ends,
-    as the connection may serve an unlimited download next.
-    """
-    stream = response.extensions.get("network_stream")
-    limit = getattr(stream, "limit_reads", None)
-    if throttle is None or limit is None:
-        yield
-        return
-    before = limit(throttle.ahead)
-    try:
-        yield
-    finally:
-        limit(before)
-
-
 class _Cursor:
     """Bytes of the current range that are already with the writer."""
 
@@ -212,7 +191,7 @@ async def _fetch_once(
         request_headers["Range"] = rng.header(cursor.done)
         if remote.validator:
             request_headers["If-Range"] = remote.validator
-    meter = _Meter(throttle) if throttle is not None else None
+    meter = Meter(throttle) if throttle is not None else None
     try:
         if meter is not None:
             # The first read comes with the headers, before the body's first chunk:
@@ -221,9 +200,9 @@ async def _fetch_once(
         async with (
             watch_speed(low_speed, url=url, rng=rng) as watch,
             _get(client, url, request_headers, rng) as response,
-            _reads_of(response, throttle),
+            reads_of(response, throttle),
         ):
-            offset, expected = _check_response(response, remote, rng, cursor.done)
+            offset, expected = check_response(response, remote, rng, cursor.done)
             # A plain GET starts at byte 0 again: skip what an earlier try wrote.
             skip = cursor.done if rng is None else 0
             async for chunk in response.aiter_raw():
@@ -243,7 +222,9 @@ async def _fetch_once(
                     skip = 0
                 n = len(chunk)
                 if expected is not None and n > expected:
-                    raise ProtocolError(f"server sent more bytes than asked for {_what(rng)}", url=url, range=rng)
+                    raise ProtocolError(
+                        f"server sent more bytes than asked for {describe_range(rng)}", url=url, range=rng
+                    )
                 if segment is not None:
                     room = segment.end + 1 - offset
                     # n == room is the segment's last chunk: read on to the end of the message,
@@ -271,52 +252,8 @@ async def _fetch_once(
             meter.close()
     if expected:
         raise ConnectionLostError(
-            f"connection closed {expected} bytes short of the end of {_what(rng)}", url=url, range=rng
+            f"connection closed {expected} bytes short of the end of {describe_range(rng)}", url=url, range=rng
         )
-
-
-class _Meter:
-    """One response's account with the rate limit: each read is paid for before it is made.
-
-    ``top_up`` pays for the next read: as much as the last read brought (the
-    first: ``throttle.ahead``), no more than is left of the response.  So a
-    fast server's full reads are paid for before they are made, and a slow
-    one's small reads pay little up front and are not held back below the
-    rate.  ``paid`` counts a chunk read (a read larger than paid for is paid
-    at the next top-up) and tops up again; ``close`` gives back what was paid
-    and not read.  The waits stop the low-speed rule's clock: they are ours,
-    not the server's, and a rate below ``speed_limit`` times the connections
-    must not make a healthy connection look too slow.
-    """
-
-    __slots__ = ("_credit", "_next", "_throttle")
-
-    def __init__(self, throttle: Throttle) -> None:
-        self._throttle = throttle
-        self._credit = 0  # bytes paid for and not read yet; below 0: read and not paid for
-        self._next = throttle.ahead  # what the next read is expected to bring
-
-    async def top_up(self, watch: SpeedWatch | None, left: int | None) -> None:
-        """Pay for the next read (``watch``: the request's low-speed rule, ``None`` before the request)."""
-        want = self._next if left is None else min(self._next, left)
-        if want > self._credit:
-            n, self._credit = want - self._credit, want
-            if watch is not None:
-                watch.pause()
-            try:
-                await self._throttle.take(n)
-            finally:
-                if watch is not None:
-                    watch.resume()
-
-    async def paid(self, n: int, watch: SpeedWatch, left: int | None) -> None:
-        self._credit -= n
-        self._next = n
-        await self.top_up(watch, left)
-
-    def close(self) -> None:
-        if self._credit:
-            self._throttle.refund(self._credit)
 
 
 async def _write_held(writer: Writer, segment: Segment, offset: int, data: bytes) -> None:
@@ -326,68 +263,3 @@ async def _write_held(writer: Writer, segment: Segment, offset: int, data: bytes
         await writer.write(offset, data)
     finally:
         segment.writing = 0
-
-
-def _what(rng: Range | None) -> str:
-    return f"range {rng}" if rng is not None else "the file"
-
-
-def _check_response(
-    response: httpx.Response, remote: RemoteFile, rng: Range | None, done: int
-) -> tuple[int, int | None]:
-    """Check that ``response`` carries what was asked; return (write offset, bytes expected)."""
-    url = remote.final_url
-    status = response.status_code
-    changed = remote.check_same(response.headers)
-    if changed:
-        raise RemoteChangedError(f"the remote file changed during the download: {changed}", url=url, range=rng)
-    if status == 416 or status == 412:
-        # §15.5.17, §13.1.1: the range or the precondition no longer fits
-        # the file, so it is not the file the probe saw.
-        raise RemoteChangedError(f"the remote file changed during the download (HTTP {status})", url=url, range=rng)
-    if status >= 300:
-        raise_for_status(response, url=url)
-        raise ProtocolError(f"unexpected HTTP {status} for {_what(rng)}", url=url, range=rng)
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        # §8.4: the body is an encoded representation, not the file's bytes,
-        # although we asked for identity (client.BASE_HEADERS).
-        raise ProtocolError(f"server sent Content-Encoding {encoding!r} for {_what(rng)}", url=url, range=rng)
-    length = parse_content_length(response.headers)
-    if rng is None or (status == 200 and done == 0 and rng.start == 0 and rng.end + 1 == remote.size):
-        # A plain GET, or a range that is the whole file answered with the
-        # whole file (§15.3.1): the body is what we want either way.
-        if status != 200 and rng is None:
-            raise ProtocolError(f"unexpected HTTP {status} for {_what(rng)}", url=url)
-        if remote.size is not None and length is not None and length != remote.size:
-            raise RemoteChangedError(
-                f"the remote file changed: now {length} bytes, was {remote.size}", url=url, range=rng
-            )
-        return (rng.start if rng else 0), (remote.size if remote.size is not None else length)
-    if status != 206:
-        # The body is the whole file, not our range.  With If-Range a 200
-        # means the validator no longer matches (§13.1.5), but a changed
-        # ETag or Last-Modified was refused by check_same above: a 200 that
-        # shows the probe's own validator is the same file, sent whole by a
-        # server (or a cache before it) that ignored Range.  Only the reply
-        # with no validator at all cannot tell which it is.
-        if remote.validator and not (response.headers.get("etag") or response.headers.get("last-modified")):
-            why = "the server ignored Range, or the file changed (the reply has no ETag or Last-Modified to tell)"
-        else:
-            why = "the server ignored Range"
-        raise ProtocolError(f"{why}: HTTP {status} instead of 206 for {_what(rng)}", url=url, range=rng)
-    start = rng.start + done
-    content_range = parse_content_range(response.headers.get("content-range"))
-    if content_range is None or content_range.start != start or content_range.end != rng.end:
-        got = response.headers.get("content-range", "none")
-        raise ProtocolError(f"server sent Content-Range {got!r} for bytes {start}-{rng.end}", url=url, range=rng)
-    if remote.size is not None and content_range.size is not None and content_range.size != remote.size:
-        raise RemoteChangedError(
-            f"the remote file changed: now {content_range.size} bytes, was {remote.size}", url=url, range=rng
-        )
-    expected = rng.end - start + 1
-    if length is not None and length != expected:
-        raise ProtocolError(
-            f"server sent Content-Length {length} for {expected} bytes of range {rng}", url=url, range=rng
-        )
-    return start, expected

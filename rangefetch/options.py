@@ -1,8 +1,9 @@
 """The command-line options the commands share: ``get``'s, the producer's and the worker's.
 
 Each ``*_options`` decorator adds a group of click options; the commands
-pass what they receive to ``rangefetch.cli.build_settings``, which puts each
-in its settings field (nested groups through ``_NESTED_FLAGS``).
+pass what they receive to ``build_settings``, which puts each in its
+settings field (nested groups through ``_NESTED_FLAGS``), and ``-i FILE``
+to ``read_entries``.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import pydantic
 
 from . import batch
+from .errors import UsageError
+from .settings import Settings
 
 __all__ = [
     "batch_options",
+    "build_settings",
     "input_file_option",
     "interface_option",
     "max_time_option",
     "network_options",
+    "read_entries",
     "request_options",
     "retry_options",
     "speed_options",
@@ -197,3 +203,48 @@ _BATCH_OPTIONS = (
         help="Replace a file already at the output path (default: keep it, and skip it if it is this download).",
     ),
 )  # fmt: skip
+
+
+# Flags that set one field of a nested settings group: flag -> (group, field).
+_NESTED_FLAGS = {
+    "max_tries": ("retry", "max_tries"),
+    "retry_wait": ("retry", "backoff"),
+    "connect_timeout": ("timeouts", "connect"),
+    "worker_concurrency": ("distributed", "worker_concurrency"),
+    "per_host_rate": ("distributed", "per_host_rate"),
+}
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """``Settings`` from the environment, overridden by the flags that were given.
+
+    ``max_tries``, ``retry_wait`` and ``connect_timeout`` set ``retry.max_tries``,
+    ``retry.backoff`` and ``timeouts.connect``, ``worker_concurrency`` and
+    ``per_host_rate`` the ``distributed`` fields; the group's other fields
+    keep their values from the environment.
+
+    Raises:
+        UsageError: a value is invalid (one line naming it).
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for flag, (group, name) in _NESTED_FLAGS.items():
+        if flag in given:
+            given.setdefault(group, {})[name] = given.pop(flag)
+    try:
+        return Settings(**given)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise UsageError(f"invalid {where}: {first['msg']}") from exc
+
+
+def read_entries(input_file: str | None) -> list[batch.Entry]:
+    """The entries of ``-i FILE`` (none without it); ``-`` is standard input.
+
+    Raises:
+        UsageError: the file cannot be read, or a line of it is wrong.
+    """
+    if input_file is None:
+        return []
+    source = "standard input" if input_file == "-" else input_file
+    return batch.parse_input(batch.read_input(input_file), source=source)

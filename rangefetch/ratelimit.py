@@ -2,7 +2,7 @@
 
 How it throttles
 ----------------
-A connection pays for its reads before it makes them (``fetch._Meter``):
+A connection pays for its reads before it makes them (``metering.Meter``):
 before each read it takes as many tokens as its last read brought (the
 first read: ``Throttle.ahead``, about the read size), no more than is left
 of the response, and it gives back what was paid and not read when the
@@ -34,7 +34,7 @@ tokens in batches (``BatchedThrottle``, ``batch_for``: about 100 ms
 worth), so Redis sees a few calls a second per worker, not one per chunk.
 
 The low-speed rule (``settings.LowSpeed``) must not mistake our own waiting
-for a slow server: ``fetch.py`` stops its clock while ``take`` waits.  Nor
+for a slow server: ``metering.Meter`` stops its clock while ``take`` waits.  Nor
 may the straggler rules (embedded mode's range splitting in ``segments.py``,
 the workers' hand-offs in ``worker/handoff.py``): while the rate limit is
 what holds a download back (``held_back``), another connection brings no byte

@@ -24,7 +24,7 @@ from rangeserver import RangeServer, RequestRecord
 
 import rangefetch.producer.cli
 import rangefetch.worker.cli
-from rangefetch.cli import setup_logging
+from rangefetch.runner import setup_logging
 
 DATA = os.urandom(1_000_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -414,7 +414,7 @@ def test_one_logging_setup_for_every_command() -> None:
     assert rangefetch.worker.cli.setup_logging is setup_logging
     script = (
         "import logging, sys\n"
-        "from rangefetch.cli import setup_logging\n"
+        "from rangefetch.runner import setup_logging\n"
         "setup_logging(int(sys.argv[1]), sys.argv[2] == 'q')\n"
         "print(logging.getLogger().level, logging.getLogger('httpx').level, logging.getLogger('httpcore').level)\n"
     )

@@ -52,19 +52,16 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from rangefetch import QueueError, RangefetchError, Settings
-from rangefetch.cli import (
-    build_settings,
-    run,
-    setup_logging,
-)
 from rangefetch.distributed.connections import PATIENT_OUTAGE, RedisLink, redis_settings
 from rangefetch.network import check_network
 from rangefetch.options import (
+    build_settings,
     interface_option,
     network_options,
     retry_options,
     speed_options,
 )
+from rangefetch.runner import run, setup_logging
 
 from .metrics import enable as enable_metrics
 from .runtime import shutdown

@@ -12,9 +12,10 @@ import logging
 
 import click
 
-from rangefetch.cli import build_settings, run, setup_logging
 from rangefetch.distributed.connections import open_redis
 from rangefetch.errors import UsageError
+from rangefetch.options import build_settings
+from rangefetch.runner import run, setup_logging
 
 __all__ = ["dashboard", "is_loopback"]
 
